@@ -1,0 +1,1 @@
+"""encore.training.recipes."""
