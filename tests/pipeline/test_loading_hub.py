@@ -11,7 +11,7 @@ import pytest
 
 from encore.errors import CheckpointError, InvalidRequest
 from encore.pipeline import presets
-from encore.utils import hub
+from encore.pipeline import download as hub
 
 
 def test_presets_cover_the_official_variants():

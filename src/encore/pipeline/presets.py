@@ -1,7 +1,7 @@
 """Named model variants: which checkpoint folder and hub repo hold each DiT, and its sampling defaults.
 
 Per-variant diffusion defaults are defined here once (STYLE §6.2); request fields left `None` take these
-values. Pure data, no torch, so front-ends and `utils.hub` may import it.
+values. Pure data, no torch, so front-ends and `pipeline.download` may import it.
 """
 
 from __future__ import annotations
