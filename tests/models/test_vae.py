@@ -1,0 +1,186 @@
+"""`encore.models.vae`: config contract, frame geometry, shapes, posterior and batching of the Oobleck VAE."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from encore.models.vae import DiagonalGaussian, OobleckVAE, Snake1d, VAEConfig
+
+OFFICIAL_CONFIG = {  # SPEC §1.3, as shipped in `vae/config.json` (plus generic diffusers keys)
+    "_class_name": "AutoencoderOobleck", "_diffusers_version": "0.30.0", "audio_channels": 2,
+    "channel_multiples": [1, 2, 4, 8, 16], "decoder_channels": 128, "decoder_input_channels": 64,
+    "downsampling_ratios": [2, 4, 4, 6, 10], "encoder_hidden_size": 128, "sampling_rate": 48000,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_vae() -> OobleckVAE:
+    gen = torch.Generator().manual_seed(0)
+    vae = OobleckVAE(VAEConfig.tiny())
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if name.endswith(("alpha", "beta")):  # non-trivial Snake parameters
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    return vae.eval()
+
+
+def test_official_config_loads_and_derives_geometry(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(OFFICIAL_CONFIG))
+    cfg = VAEConfig.from_json(path)
+    assert cfg == VAEConfig()
+    assert cfg.hop_samples == 1920 and cfg.latent_rate_hz == 25.0 and cfg.latent_channels == 64
+    cfg.to_json(tmp_path / "out.json")
+    written = json.loads((tmp_path / "out.json").read_text())
+    assert written["_class_name"] == "AutoencoderOobleck"
+    assert {k: v for k, v in written.items() if not k.startswith("_")} == {
+        k: v for k, v in OFFICIAL_CONFIG.items() if not k.startswith("_")}
+    assert VAEConfig.from_json(tmp_path / "out.json") == cfg
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**OFFICIAL_CONFIG, "latent_scale": 0.5}))
+    with pytest.raises(ValueError, match="latent_scale"):
+        VAEConfig.from_json(path)
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    ({"downsampling_ratios": (2, 4, 3)}, "even"),
+    ({"channel_multiples": (1,)}, "channel_multiples"),
+    ({"encoder_hidden_size": 96}, "2 \\* decoder_input_channels"),
+    ({"sampling_rate": 0}, "sampling_rate"),
+    ({"downsampling_ratios": (), "channel_multiples": ()}, "empty"),
+])
+def test_config_validation(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        VAEConfig.tiny(**overrides)
+
+
+def test_time_conversions_follow_config():
+    cfg = VAEConfig.tiny()
+    hop, rate = cfg.hop_samples, cfg.sampling_rate
+    assert cfg.frames_to_samples(7) == 7 * hop
+    assert cfg.samples_to_frames(7 * hop + hop - 1) == 7
+    assert cfg.frames_to_seconds(cfg.seconds_to_frames(3.0)) == pytest.approx(3.0)
+    half = 2.5 / cfg.latent_rate_hz  # 2.5 frames
+    assert (cfg.seconds_to_frames(half), cfg.seconds_to_frames(half, "ceil"), cfg.seconds_to_frames(half, "round")) \
+        == (2, 3, round(2.5))
+    # 0.1 s * 3 is 0.30000000000000004 s: rounding to whole samples first keeps an exact frame count.
+    assert cfg.seconds_to_frames(0.1 * 3) == round(0.3 * rate) // hop
+    with pytest.raises(ValueError):
+        cfg.seconds_to_frames(-1.0)
+    with pytest.raises(ValueError):
+        cfg.seconds_to_frames(1.0, "nearest")  # type: ignore[arg-type]
+
+
+def test_snake_formula():
+    snake = Snake1d(3)
+    with torch.no_grad():
+        snake.alpha.copy_(torch.tensor([0.2, -0.5, 1.0]).view(1, 3, 1))
+        snake.beta.copy_(torch.tensor([-0.3, 0.4, 0.0]).view(1, 3, 1))
+    x = torch.randn(2, 3, 11)
+    a, b = snake.alpha.exp(), snake.beta.exp()
+    torch.testing.assert_close(snake(x), x + torch.sin(a * x) ** 2 / (b + 1e-9))
+
+
+def test_shapes_and_lengths(tiny_vae):
+    cfg = tiny_vae.config
+    extra = cfg.hop_samples // 3  # a partial frame is dropped by the encoder
+    wav = 0.3 * torch.randn(2, cfg.audio_channels, 4 * cfg.hop_samples + extra)
+    with torch.no_grad():
+        post = tiny_vae.encode(wav)
+        assert post.mean.shape == post.std.shape == (2, cfg.latent_channels, 4)
+        out = tiny_vae.decode(post.mode())
+        assert out.shape == (2, cfg.audio_channels, 4 * cfg.hop_samples)
+        assert tiny_vae(wav).shape == out.shape
+
+
+def test_posterior_moments_and_sampling(tiny_vae):
+    cfg = tiny_vae.config
+    wav = 0.3 * torch.randn(1, cfg.audio_channels, 3 * cfg.hop_samples)
+    with torch.no_grad():
+        moments = tiny_vae.encode_moments(wav)
+        post = tiny_vae.encode(wav)
+    mean, scale = moments.chunk(2, dim=1)
+    torch.testing.assert_close(post.mean, mean)
+    torch.testing.assert_close(post.std, F.softplus(scale) + 1e-4)
+    assert bool((post.std > 0).all())
+    assert post.mode() is post.mean
+    a = post.sample(torch.Generator().manual_seed(5))
+    b = post.sample(torch.Generator().manual_seed(5))
+    c = post.sample(torch.Generator().manual_seed(6))
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, c)
+    eps = torch.randn(post.mean.shape, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(a, post.mean + post.std * eps)
+
+
+def test_posterior_statistics():
+    moments = torch.cat([torch.full((1, 4, 20000), 2.0), torch.full((1, 4, 20000), -1.0)], dim=1)
+    post = DiagonalGaussian(moments)
+    draws = post.sample(torch.Generator().manual_seed(0))
+    std = math.log1p(math.exp(-1.0)) + 1e-4
+    assert abs(draws.mean().item() - 2.0) < 0.01
+    assert abs(draws.std().item() - std) < 0.01
+    with pytest.raises(ValueError):
+        DiagonalGaussian(torch.zeros(1, 3, 5))
+
+
+def test_batch_equals_singles(tiny_vae):
+    cfg = tiny_vae.config
+    wav = 0.3 * torch.randn(3, cfg.audio_channels, 5 * cfg.hop_samples)
+    latents = torch.randn(3, cfg.latent_channels, 6)
+    with torch.no_grad():
+        batch_mean = tiny_vae.encode(wav).mean
+        batch_dec = tiny_vae.decode(latents)
+        for i in range(3):
+            torch.testing.assert_close(tiny_vae.encode(wav[i:i + 1]).mean, batch_mean[i:i + 1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(tiny_vae.decode(latents[i:i + 1]), batch_dec[i:i + 1], atol=1e-5, rtol=1e-5)
+
+
+def test_input_validation(tiny_vae):
+    cfg = tiny_vae.config
+    with pytest.raises(ValueError, match="wav must have shape"):
+        tiny_vae.encode(torch.zeros(1, cfg.audio_channels + 1, 4 * cfg.hop_samples))
+    with pytest.raises(ValueError, match="at least"):
+        tiny_vae.encode(torch.zeros(1, cfg.audio_channels, cfg.hop_samples - 1))
+    with pytest.raises(ValueError, match="latents must have shape"):
+        tiny_vae.decode(torch.zeros(1, cfg.latent_channels + 1, 4))
+    with pytest.raises(ValueError, match="latents must have shape"):
+        tiny_vae.decode(torch.zeros(1, cfg.latent_channels, 0))
+
+
+def test_runs_in_parameter_dtype(tiny_vae):
+    cfg = tiny_vae.config
+    vae = OobleckVAE(cfg).to(torch.bfloat16)
+    vae.load_state_dict(tiny_vae.state_dict())  # load_state_dict casts to the parameter dtype
+    latents = torch.randn(1, cfg.latent_channels, 3)
+    with torch.no_grad():
+        out = vae.decode(latents)  # fp32 input is cast at the boundary
+        ref = tiny_vae.decode(latents)
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    scale = ref.abs().max().item()
+    assert (out.float() - ref).abs().max().item() < 0.1 * scale
+
+
+def test_plain_conv_weights_only():
+    names = [n for n, _ in OobleckVAE(VAEConfig.tiny()).named_parameters()]
+    assert not [n for n in names if "weight_g" in n or "weight_v" in n or "parametrizations" in n]
+    assert "decoder.conv2.bias" not in names  # the output conv has no bias (SPEC §4)
+    assert {"encoder.block.0.res_unit1.conv1.weight", "decoder.block.2.conv_t1.weight",
+            "encoder.block.1.snake1.alpha", "decoder.snake1.beta", "encoder.conv2.bias"} <= set(names)
+
+
+def test_reconstruction_path_is_differentiable(tiny_vae):
+    cfg = tiny_vae.config
+    vae = OobleckVAE(cfg)
+    wav = 0.3 * torch.randn(1, cfg.audio_channels, 2 * cfg.hop_samples)
+    loss = (vae(wav, sample_posterior=True, generator=torch.Generator().manual_seed(0)) - wav).pow(2).mean()
+    loss.backward()
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in vae.parameters())
