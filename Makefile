@@ -16,9 +16,9 @@ $(VENV)/.stamp-core: pyproject.toml
 	$(PIP) install -e .
 	touch $@
 
-$(VENV)/.stamp-dev: $(VENV)/.stamp-core pyproject.toml scripts/setup-system.sh
+$(VENV)/.stamp-dev: $(VENV)/.stamp-core pyproject.toml $(wildcard scripts/setup-*.sh)
 	bash scripts/setup-system.sh
-	$(PIP) install -e ".[dev,train,serve,ui]"
+	$(PIP) install -e ".[dev,train,serve,ui,data]"
 	touch $@
 
 install: $(VENV)/.stamp-core

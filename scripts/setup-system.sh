@@ -1,13 +1,6 @@
 #!/usr/bin/env bash
-# System packages the test suite needs (Debian). Idempotent; skipped when not root or apt is absent.
+# System (Debian) packages the test suite needs. Idempotent; each part skips cleanly when not root.
 set -euo pipefail
-PKGS=(ffmpeg)
-missing=()
-for p in "${PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-  echo "setup-system: missing Debian packages ${missing[*]} (need root + apt-get); some tests will skip" >&2
-  exit 0
-fi
-apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+here="$(cd "$(dirname "$0")" && pwd)"
+bash "$here/setup-data.sh"
+if [ -f "$here/setup-browser.sh" ]; then bash "$here/setup-browser.sh"; fi

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import numpy as np
+
+from encore.data.captions import instrument_words, make_captions, tempo_words
+from encore.data.instruments import classes_in_text
+from encore.data.labels import InstrumentLabel
+
+INSTS = [
+    InstrumentLabel("drums", "standard kit", 0, True, "drums"),
+    InstrumentLabel("bass", "electric bass", 33, False, "bass"),
+    InstrumentLabel("woodwinds", "alto sax", 65, False, "lead"),
+]
+
+
+def _caps(seed: int, **kw):
+    args = {
+        "genre": "bossa nova",
+        "bpm": 128,
+        "keyscale": "D minor",
+        "time_signature": "4/4",
+        "era": "1960s",
+        "instruments": INSTS,
+        "rng": np.random.default_rng(seed),
+    }
+    args.update(kw)
+    return make_captions(**args)
+
+
+def test_captions_are_deterministic_and_vary_with_seed():
+    assert _caps(1) == _caps(1)
+    assert len({tuple(_caps(s)) for s in range(8)}) > 4
+
+
+def test_dense_caption_states_every_fact_and_only_rendered_instruments():
+    for seed in range(10):
+        dense, medium, sparse = _caps(seed)
+        assert "128 BPM" in dense and "D minor" in dense and "4/4" in dense and "bossa nova" in dense.lower()
+        assert classes_in_text(dense) == {"drums", "bass", "woodwinds"}
+        assert classes_in_text(medium) <= {"drums", "bass", "woodwinds"}
+        assert len(sparse) < len(medium) < len(dense) or len(sparse) < len(dense)
+        assert "bright" not in dense and "cheerful" not in dense  # minor-mode clip
+
+
+def test_instrument_words_lead_first_drums_last_and_solo():
+    assert instrument_words(INSTS) == ["alto sax", "electric bass", "drums"]
+    one = [InstrumentLabel("strings", "violin", 40, False, "melody")]
+    quartet = one * 4
+    assert any("solo violin" in c for s in range(10) for c in _caps(s, instruments=one))
+    assert not any("solo" in c for s in range(10) for c in _caps(s, instruments=quartet))
+
+
+def test_tempo_words_are_monotone_buckets():
+    assert tempo_words(60)[0] == "slow" and tempo_words(170)[0] == "fast"
