@@ -21,6 +21,7 @@ FORBIDDEN = {
     "pipeline": {"frontends", "training"},
     "training": {"frontends"},
     "data": {"frontends"},
+    "eval": {"frontends"},
 }
 
 

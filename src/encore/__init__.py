@@ -16,7 +16,7 @@ _LAZY = {
     "GenerationResult": ("encore.pipeline.request", "GenerationResult"),
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["GenerationRequest", "GenerationResult", "Pipeline", "__version__", "load_pipeline"]
 
 
 def __getattr__(name: str) -> Any:

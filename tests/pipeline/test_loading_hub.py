@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from encore.errors import CheckpointError, InvalidRequest
-from encore.pipeline import presets
 from encore.pipeline import download as hub
+from encore.pipeline import presets
 
 
 def test_presets_cover_the_official_variants():

@@ -274,7 +274,8 @@ def build_corpus(
         results = map(_work, jobs)
         cpu = _drain(results, len(todo))
     else:
-        ctx = multiprocessing.get_context("fork")
+        # spawn, not fork: forking after torch has started its thread pools can deadlock the children.
+        ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             cpu = _drain(pool.map(_work, jobs, chunksize=1), len(todo))
     write_manifest(out, count)

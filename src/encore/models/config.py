@@ -159,23 +159,23 @@ class AceStepConfig:
     @classmethod
     def tiny(cls, **overrides: Any) -> AceStepConfig:
         """A few-thousand-parameter geometry for tests (widths as the diffusers ACE-Step tests use)."""
-        base: dict[str, Any] = dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, sliding_window=16, text_hidden_dim=24,
-            timbre_hidden_dim=64, num_lyric_encoder_hidden_layers=2, num_timbre_encoder_hidden_layers=2,
-            num_attention_pooler_hidden_layers=2, fsq_dim=32, timbre_fix_frame=30,
-        )
+        base: dict[str, Any] = {
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 8, "sliding_window": 16, "text_hidden_dim": 24,
+            "timbre_hidden_dim": 64, "num_lyric_encoder_hidden_layers": 2, "num_timbre_encoder_hidden_layers": 2,
+            "num_attention_pooler_hidden_layers": 2, "fsq_dim": 32, "timbre_fix_frame": 30,
+        }
         base.update(overrides)
         return cls(**base)
 
     @classmethod
     def xl(cls, **overrides: Any) -> AceStepConfig:
         """XL (≈4B DiT) geometry: wider decoder, 2B-width encoder (SPEC §1.2)."""
-        base: dict[str, Any] = dict(
-            hidden_size=2560, intermediate_size=9728, num_hidden_layers=32, num_attention_heads=32,
-            num_key_value_heads=8, encoder_hidden_size=2048, encoder_intermediate_size=6144,
-            encoder_num_attention_heads=16, encoder_num_key_value_heads=8,
-        )
+        base: dict[str, Any] = {
+            "hidden_size": 2560, "intermediate_size": 9728, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "encoder_hidden_size": 2048, "encoder_intermediate_size": 6144,
+            "encoder_num_attention_heads": 16, "encoder_num_key_value_heads": 8,
+        }
         base.update(overrides)
         return cls(**base)
 
@@ -210,7 +210,7 @@ class AceStepConfig:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: not a readable JSON config ({exc})") from exc
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: config must be a JSON object")
+            raise ValueError(f"{path}: config must be a JSON object")  # noqa: TRY004 - callers catch ValueError
         return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

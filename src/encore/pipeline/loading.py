@@ -176,7 +176,7 @@ def resolve_checkpoint(
         path_or_preset: A diffusers pipeline folder (`model_index.json`), an official DiT folder, an official
             checkpoint root holding `acestep-v15-*` folders, or a preset name (`turbo`, `base`, ...).
         checkpoint_root: Where preset names are looked up (default
-            `encore.utils.hub.default_checkpoint_root()`).
+            `encore.pipeline.download.default_checkpoint_root()`).
         variant: Preset or folder name picking the DiT when an official root holds several.
 
     Raises:
@@ -185,7 +185,7 @@ def resolve_checkpoint(
     path = Path(path_or_preset)
     name = str(path_or_preset)
     if not path.exists() and (name in PRESETS or preset_for_dit_dir(name) is not None):
-        from encore.utils.hub import default_checkpoint_root
+        from encore.pipeline.download import default_checkpoint_root
 
         preset = get_preset(name)
         root = Path(checkpoint_root) if checkpoint_root is not None else default_checkpoint_root()

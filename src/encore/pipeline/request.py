@@ -20,7 +20,7 @@ from encore.errors import InvalidRequest
 from encore.tasks.prompts import validate_language
 from encore.tasks.spec import Complete, Cover, Extend, Extract, Lego, Repaint, Text2Music
 
-TaskSpec = Union[Text2Music, Cover, Repaint, Extract, Lego, Complete, Extend]
+TaskSpec = Text2Music | Cover | Repaint | Extract | Lego | Complete | Extend
 
 TASK_KINDS: dict[str, type] = {
     "text2music": Text2Music,
