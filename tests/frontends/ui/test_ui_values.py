@@ -1,0 +1,92 @@
+"""UI value handling without a browser: values -> request JSON, defaults parity, no torch in the UI process."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from encore.pipeline import request as rq
+
+TESTS_DIR = Path(__file__).resolve().parents[2]
+
+
+def _build(values: dict) -> dict:
+    from encore.frontends.ui.app import request_from_values
+
+    uploaded: list[str] = []
+
+    def upload(path: str) -> str:
+        uploaded.append(path)
+        return "up-" + "a" * 32
+
+    out = request_from_values(values, upload)
+    out["_uploaded"] = uploaded
+    return out
+
+
+def test_blank_values_leave_dataclass_defaults() -> None:
+    out = _build({"task.kind": "text2music", "text.caption": "rain", "text.bpm": None, "text.duration_s": 0,
+                  "text.keyscale": "", "diffusion.num_steps": 0, "seeds": "", "loras.path": "",
+                  "planner.think": False, "planner.temperature": 0.85, "task.start_s": 3.0})
+    assert out == {"task": {"kind": "text2music"}, "text": {"caption": "rain"}, "_uploaded": []}
+    body = {k: v for k, v in out.items() if k != "_uploaded"}
+    assert rq.request_from_dict(body).text.caption == "rain"
+
+
+def test_task_fields_and_uploads() -> None:
+    out = _build({"task.kind": "repaint", "task.source": "/tmp/gradio/x.wav", "task.start_s": 1.5,
+                  "task.end_s": 0, "task.cover_strength": 0.5, "reference_audio": "/tmp/gradio/r.wav",
+                  "text.timesignature": "3", "text.bpm": 96.0, "seeds": "1, 2", "batch_size": 2,
+                  "loras.path": "style", "loras.scale": 0.7, "planner.think": True, "planner.temperature": 0.5})
+    assert out["task"] == {"kind": "repaint", "source": "up-" + "a" * 32, "start_s": 1.5}  # no cover field
+    assert out["reference_audio"] == "up-" + "a" * 32 and len(out["_uploaded"]) == 2
+    assert out["text"] == {"timesignature": 3, "bpm": 96} and out["seeds"] == [1, 2]
+    assert out["loras"] == [{"path": "style", "scale": 0.7}]
+    assert out["planner"] == {"think": True, "temperature": 0.5}
+
+
+def test_bad_seeds_are_reported() -> None:
+    from encore.frontends.ui.app import UiError
+
+    with pytest.raises(UiError, match="seeds"):
+        _build({"seeds": "1, x"})
+    with pytest.raises(UiError, match="seeds"):
+        _build({"seeds": "1,2,3", "batch_size": 2})
+
+
+def test_ui_defaults_are_the_dataclass_defaults() -> None:
+    from encore.frontends.ui.app import dataclass_default
+
+    assert dataclass_default("text.lyrics") == rq.TextInputs().lyrics
+    assert dataclass_default("batch_size") == rq.GenerationRequest().batch_size
+    assert dataclass_default("output.format") == rq.OutputOptions().format
+    assert dataclass_default("task.extend:seconds") == rq.TASK_KINDS["extend"]().seconds
+    for f in dataclasses.fields(rq.PlannerOptions):
+        assert dataclass_default(f"planner.{f.name}") == getattr(rq.PlannerOptions(), f.name)
+
+
+def test_ui_module_has_no_literal_defaults() -> None:
+    """Every `value=` of an input component comes from `dataclass_default` (or is a blank choice)."""
+    import re
+
+    src = (Path(__file__).resolve().parents[3] / "src/encore/frontends/ui/app.py").read_text()
+    block = src[src.index("def _components"):src.index("def build_ui")]
+    literals = re.findall(r"value=([^,)\n]+)", block)
+    allowed = {'""', "[]", "False", '"text2music"'}
+    assert all(v.startswith("d(") or v in allowed for v in literals), literals
+
+
+def test_ui_app_builds_without_torch() -> None:
+    script = ("import sys; from encore.frontends.ui.app import ApiClient, build_ui; "
+              "build_ui(ApiClient('http://127.0.0.1:9', None)); "
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(TESTS_DIR)}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=180,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
