@@ -1,0 +1,57 @@
+"""Instrument scores, the turbo-vs-base verdict and the markdown/JSON report on hand-made items."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from encore.eval.report import EvalReport, ItemResult, compare_systems, instrument_scores, summarise
+from encore.eval.run import SystemSpec
+
+
+def _item(asked: list[str], probs: dict[str, float], tempo: str = "exact", key: str = "exact",
+          seconds: float | None = 1.0) -> ItemResult:  # fmt: skip
+    return ItemResult(prompt_id="p", bpm_target=120.0, bpm_estimate=120.0, tempo=tempo, key_target="C major",
+                      key_estimate="C major", key=key, tracks_target=asked, probabilities=probs, seconds=seconds,
+                      audio_seconds=10.0)  # fmt: skip
+
+
+def test_instrument_scores_by_hand() -> None:
+    items = [
+        _item(["bass", "drums"], {"bass": 0.9, "drums": 0.2, "keyboard": 0.7}),  # 1 of 3 right; top-1 bass
+        _item(["keyboard"], {"bass": 0.1, "drums": 0.1, "keyboard": 0.8}),  # exact
+    ]
+    summary, per_class = instrument_scores(items)
+    assert summary["accuracy"] == pytest.approx((1 / 3 + 1) / 2)
+    assert summary["f1"] == pytest.approx((2 * 1 / 4 + 1) / 2)
+    assert summary["exact_set"] == 0.5 and summary["top1"] == 1.0
+    assert per_class["drums"] == {"precision": None, "recall": 0.0, "support": 1.0}
+    assert per_class["keyboard"]["precision"] == 0.5 and per_class["keyboard"]["recall"] == 1.0
+
+
+def _row(name: str, role: str, tempo_ok: int, seconds: float) -> object:
+    items = [_item(["bass"], {"bass": 0.9}, tempo="exact" if i < tempo_ok else "half", seconds=seconds)
+             for i in range(10)]  # fmt: skip
+    return summarise(name, role, items, 12.5)
+
+
+def test_turbo_verdict_and_markdown() -> None:
+    specs = [SystemSpec("base-50", "base", 50), SystemSpec("turbo-8", "turbo", 8)]
+    rows = [_row("base-50", "model", 10, 6.0), _row("turbo-8", "model", 9, 1.0)]
+    ok = compare_systems(rows, specs)
+    assert ok["speedup"] == pytest.approx(6.0) and ok["within_tolerance"] is True
+    assert ok["metrics"]["tempo.acc1"]["relative"] == pytest.approx(-0.1)
+    worse = compare_systems([rows[0], _row("turbo-8", "model", 8, 1.0)], specs)
+    assert worse["within_tolerance"] is False and worse["metrics"]["tempo.acc1"]["ok"] is False
+    assert compare_systems(rows, specs[:1]) is None
+    report = EvalReport(systems=rows, probe={"reference_clips": 3}, prompts={"count": 10}, comparison=ok)
+    md = report.to_markdown()
+    assert (
+        "| base-50 | 10 | 100% | 0% | 0% | 100% |" in md
+        and "6.0× faster" in md
+        and "(within 10% of base)" in md
+    )
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["systems"][1]["items"][0]["tracks_predicted"] == ["bass"]
+    assert data["systems"][1]["tempo"]["half"] == pytest.approx(0.1)

@@ -1,0 +1,117 @@
+"""`run_eval` end to end on a synthetic corpus: an oracle pipeline must beat a noise pipeline on every metric."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers.eval_synth import SYNTH_CAPTIONS, FakePipeline, synth_prompt_set
+
+from encore.errors import InvalidRequest
+from encore.eval.run import SystemSpec, parse_system, request_for, run_eval
+
+
+@pytest.fixture(scope="module")
+def report_and_fakes(synth_corpus: Path, tmp_path_factory: pytest.TempPathFactory):
+    fakes: dict[str, FakePipeline] = {}
+
+    def factory(variant: str) -> FakePipeline:
+        fakes[variant] = FakePipeline("oracle" if variant in ("base", "turbo") else "noise")
+        return fakes[variant]
+
+    systems = [
+        SystemSpec("base-4", "base", 4),
+        SystemSpec("turbo-2", "turbo", 2),
+        SystemSpec("random", "random", 2),
+    ]
+    out = tmp_path_factory.mktemp("eval_out")
+    report = run_eval(factory, prompts=synth_prompt_set(), corpus_dir=synth_corpus, out_dir=out, systems=systems,
+                      include_renders=False, seed=7)  # fmt: skip
+    return report, fakes, out
+
+
+def test_oracle_beats_noise_on_every_metric(report_and_fakes) -> None:
+    report, _, _ = report_and_fakes
+    base, floor = report.row("base-4"), report.row("random")
+    assert base.role == "model" and floor.role == "floor" and base.num_items == 4
+    assert base.tempo["acc1"] >= 0.75 and floor.tempo["acc1"] <= 0.25
+    assert base.key["exact"] >= 0.75 and floor.key["exact"] <= 0.25
+    assert (
+        base.instrument["accuracy"] >= 0.75
+        and base.instrument["accuracy"] > floor.instrument["accuracy"] + 0.3
+    )
+    assert base.frechet is not None and floor.frechet is not None and base.frechet < floor.frechet
+    assert base.seconds_per_item is not None and base.realtime_factor is not None
+
+
+def test_requests_carry_prompt_metas_steps_and_seeds(report_and_fakes) -> None:
+    _, fakes, _ = report_and_fakes
+    requests = fakes["turbo"].requests[1:]  # [0] is the untimed warm-up
+    assert [r.seeds for r in requests] == [(7,), (8,), (9,), (10,)]
+    assert [r.text.bpm for r in requests] == [96, 128, 112, 140]
+    assert requests[1].text.keyscale == "A minor" and requests[1].text.timesignature == 4
+    assert all(r.diffusion.num_steps == 2 and r.text.duration_s == 5.0 for r in requests)
+    assert fakes["base"].requests[1].diffusion.num_steps == 4
+
+
+def test_report_files_comparison_and_probe(report_and_fakes) -> None:
+    report, _, out = report_and_fakes
+    data = json.loads((out / "eval.json").read_text())
+    assert [s["name"] for s in data["systems"]] == ["base-4", "turbo-2", "random"]
+    assert data["prompts"]["count"] == 4 and data["prompts"]["caption_overlap"] == 0
+    md = (out / "eval.md").read_text()
+    assert md.startswith("| system |") and "random (floor)" in md and "turbo-2 vs base-4" in md
+    comparison = report.comparison
+    assert comparison["within_tolerance"] is True and comparison["speedup"] > 0
+    assert set(report.probe["classes"]) == {"bass", "drums", "keyboard"}
+    assert min(report.probe["validation_accuracy"].values()) >= 0.8
+    assert (out / "probe.safetensors").is_file() and (out / "probe.json").is_file()
+    assert report.probe["reference_clips"] >= 2
+
+
+def test_saved_probe_is_reused_and_limit_applies(
+    report_and_fakes, synth_corpus: Path, tmp_path: Path
+) -> None:
+    _, _, out = report_and_fakes
+    report = run_eval(lambda v: FakePipeline("oracle"), prompts=synth_prompt_set(), corpus_dir=synth_corpus,
+                      out_dir=tmp_path, systems=[SystemSpec("turbo-8", "turbo", 8)], include_renders=False,
+                      probe_path=out / "probe", limit=2, duration_s=4.5)  # fmt: skip
+    assert report.probe["loaded_from"].endswith("probe") and report.row("turbo-8").num_items == 2
+    assert report.comparison is None
+
+
+def test_corpus_with_the_held_out_seed_is_refused(synth_corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequest, match="held-out seed"):
+        run_eval(lambda v: FakePipeline("oracle"), prompts=synth_prompt_set(seed=0), corpus_dir=synth_corpus,
+                 out_dir=tmp_path, systems=[], include_renders=False)  # fmt: skip
+
+
+def test_parse_system_and_request() -> None:
+    assert parse_system("base-50") == SystemSpec("base-50", "base", 50)
+    assert parse_system("turbo") == SystemSpec("turbo", "turbo", None)
+    assert parse_system("random").is_floor
+    for bad in ("-3", "base-0", "base-x"):
+        with pytest.raises(InvalidRequest):
+            parse_system(bad)
+    req = request_for(synth_prompt_set().prompts[0], SystemSpec("b", "base", 50), 3, None)
+    assert req.text.caption == SYNTH_CAPTIONS[("keyboard",)] and req.text.lyrics == "[Instrumental]"
+    assert req.seeds == (3,) and req.diffusion.num_steps == 50 and req.text.duration_s == 5.0
+
+
+def test_corpus_features_are_cached_per_manifest(synth_corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    from encore.data import corpus
+    from encore.eval.run import corpus_features
+
+    cache = tmp_path / "features.npz"
+    feats, indices, labels = corpus_features(synth_corpus, 5, cache=cache)
+    assert feats.shape[0] == 5 and list(indices) == [lab.index for lab in labels] == list(range(5))
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("features were recomputed")
+
+    monkeypatch.setattr(corpus, "iter_clips", no_reading)
+    again, _, labels_again = corpus_features(synth_corpus, 5, cache=cache)
+    assert (again == feats).all() and labels_again == labels
+    with pytest.raises(AssertionError, match="recomputed"):
+        corpus_features(synth_corpus, 6, cache=cache)  # another key
