@@ -39,6 +39,7 @@ parity: $(VENV)/.stamp-dev
 
 bench: $(VENV)/.stamp-dev
 	$(PY) -m encore.bench
+	$(PY) -m encore.bench_planner
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -248,6 +248,9 @@ def test_failed_batch_item_removes_the_written_ones(turbo: Path, tmp_path: Path,
 
 def test_demo_says_it_is_a_random_model(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from encore.pipeline import presets
+
+    monkeypatch.setattr(presets, "embedded_dir", lambda: tmp_path / "not-bundled")  # the random fallback
     monkeypatch.chdir(tmp_path)
     code, stdout, err = _run(capsys, "demo", "--duration", "1", "--cache-dir", tmp_path / "cache", "-q")
     assert code == 0

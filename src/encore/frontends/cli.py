@@ -32,6 +32,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "encore.frontends.ui.cli:register",
     "encore.frontends.train_cli:register",
     "encore.frontends.eval_cli:register",
+    "encore.frontends.planner_cli:register",
 )
 """``module:function`` entries, each adding subcommands to the parser. Add a line to add a command group."""
 
@@ -52,8 +53,10 @@ TASK_COMMANDS: dict[str, tuple[str, str]] = {
     "complete": ("complete", "Add the named tracks around a partial source track (base model)."),
 }
 
-DEFAULT_CHECKPOINT = "turbo"
-"""Preset loaded when neither --checkpoint nor $ENCORE_CHECKPOINT is given."""
+DEFAULT_CHECKPOINT = "embedded"
+"""Loaded when neither --checkpoint nor $ENCORE_CHECKPOINT is given: the small model bundled in the package
+(`encore.pipeline.presets.EMBEDDED_NAME`); when it is not bundled, loading fails with a one-line hint, never a
+fallback to random weights."""
 FORMATS_BY_SUFFIX = {".flac": "flac", ".wav": "wav", ".mp3": "mp3", ".ogg": "ogg"}
 
 
@@ -108,7 +111,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run options")
     g.add_argument("--checkpoint", default=None,
                    help="Checkpoint folder (official or diffusers layout) or a downloaded preset name (turbo, base, "
-                        "...). Default: $ENCORE_CHECKPOINT, else the turbo preset (`encore download turbo`).")
+                        "...) or `embedded`. Default: $ENCORE_CHECKPOINT, else the small embedded model bundled "
+                        "with Encore (official weights: `encore download turbo`, then --checkpoint turbo).")
     g.add_argument("-o", "--output", type=Path, default=None,
                    help="Output file (format from its suffix; an existing file is replaced atomically) or an "
                         "existing folder. Batches add -1, -2, ... Default: ./encore-<task>-<seed>.<format>.")

@@ -1,7 +1,8 @@
 """`encore demo`, `encore download` and `encore convert`: the commands around generation.
 
-`demo` renders a short song end to end with no download: until released weights are bundled it writes a tiny
-random-weight checkpoint to the cache and says so loudly (the audio is noise, not music). `download` fetches
+`demo` renders a short song end to end with no download: with the small embedded model bundled in the package,
+or, when this installation lacks it, with a tiny random-weight checkpoint written to the cache, and then it says
+so loudly (the audio is noise, not music). `download` fetches
 official checkpoints with file verification; `convert` rewrites a checkpoint between the official and diffusers
 layouts through the validated loader. Heavy modules are imported inside the command functions only.
 """
@@ -22,22 +23,24 @@ DEMO_CAPTION = "upbeat synth-pop with punchy drums, bright arpeggios and a catch
 DEMO_DURATION_S = 10.0
 DEMO_SEED = 42
 RANDOM_MODEL_NOTICE = (
-    "NOTE: `encore demo` runs a tiny model with RANDOM weights (written to {path}), not the trained ACE-Step "
-    "model, so the audio is noise, not music. It proves the whole pipeline works on this machine. For real "
-    "songs: `encore download turbo`, then `encore generate --checkpoint turbo --caption ...`."
+    "NOTE: the built-in embedded model is not bundled with this installation, so `encore demo` runs a tiny model "
+    "with RANDOM weights (written to {path}), not a trained model: the audio is noise, not music. It proves the "
+    "whole pipeline works on this machine. For real songs: `encore download turbo`, then "
+    "`encore generate --checkpoint turbo --caption ...`."
 )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `demo`, `download` and `convert`."""
-    p = subparsers.add_parser("demo", help="Generate a short demo song with no download (tiny random model).",
+    p = subparsers.add_parser("demo", help="Generate a short demo song with no download (built-in embedded model).",
                               description=__doc__, epilog=cli.EXIT_CODES_HELP)
     p.add_argument("--caption", default=DEMO_CAPTION, help="Caption of the demo song.")
     p.add_argument("--duration", type=float, default=DEMO_DURATION_S, metavar="SECONDS",
                    help=f"Length in seconds (default: {DEMO_DURATION_S:g}).")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help=f"Seed (default: {DEMO_SEED}).")
     p.add_argument("--cache-dir", type=Path, default=None,
-                   help="Where the random demo checkpoint is kept (default: $ENCORE_CACHE_DIR or ~/.cache/encore).")
+                   help="Where the random fallback checkpoint is kept when the embedded model is not bundled "
+                        "(default: $ENCORE_CACHE_DIR or ~/.cache/encore).")
     p.add_argument("-o", "--output", type=Path, default=Path("encore-demo.flac"),
                    help="Output file (default: encore-demo.flac).")
     p.add_argument("--json", action="store_true", help="Print a JSON report on stdout.")
@@ -74,7 +77,7 @@ def cache_dir(explicit: Path | None) -> Path:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from encore.pipeline.demo import demo_checkpoint
+    from encore.pipeline.demo import demo_model
     from encore.pipeline.output import output_paths, write_outputs
     from encore.pipeline.pipeline import Pipeline
     from encore.pipeline.request import GenerationRequest, TextInputs
@@ -84,24 +87,30 @@ def run_demo(args: argparse.Namespace) -> int:
     fmt = cli.FORMATS_BY_SUFFIX[args.output.suffix.lower()]
     request = GenerationRequest(text=TextInputs(caption=args.caption, duration_s=args.duration), seeds=(args.seed,),
                                 output=_output_options(fmt))
-    root = cache_dir(args.cache_dir)
-    path = demo_checkpoint(root)
-    notice = RANDOM_MODEL_NOTICE.format(path=path)
-    sys.stderr.write(notice + "\n")
+    model = demo_model(cache_dir(args.cache_dir))
+    notice = RANDOM_MODEL_NOTICE.format(path=model.path) if model.random else None
+    if notice is not None:
+        sys.stderr.write(notice + "\n")
     cli._check_output_location(args.output)
-    pipeline = Pipeline.from_pretrained(path, device="cpu", dtype="float32")
+    # The random model is tiny and CPU-only by design; the embedded one uses the best device, as `generate`.
+    device, dtype = ("cpu", "float32") if model.random else ("auto", "auto")
+    pipeline = Pipeline.from_pretrained(model.path, device=device, dtype=dtype)
     bar = cli.ProgressBar(sys.stderr, enabled=not (args.quiet or args.json))
     try:
         result = pipeline.generate(request, progress=bar)
     finally:
         bar.close()
-    result.params["model"]["note"] = "random tiny demo model, not trained weights"
+    if model.random:
+        result.params["model"]["note"] = "random tiny demo model, not trained weights"
     written = write_outputs(result, output_paths(args.output, kind="text2music", seeds=result.seeds, fmt=fmt))
     if args.json:
-        print(json.dumps({"ok": True, "outputs": [str(p) for p in written], "random_model": True,
-                          "notice": notice, "timings_s": result.timings_s}, indent=2))
+        print(json.dumps({"ok": True, "outputs": [str(p) for p in written], "random_model": model.random,
+                          "checkpoint": str(model.path), "notice": notice, "timings_s": result.timings_s},
+                         indent=2))
+    elif model.random:
+        print(f"wrote {written[0].resolve()} ({args.duration:g} s, random tiny model: noise, not music)")
     else:
-        print(f"wrote {written[0]} ({args.duration:g} s, random tiny model: noise, not music)")
+        print(f"wrote {written[0].resolve()} ({args.duration:g} s, built-in embedded model from {model.path})")
     return cli.EXIT_OK
 
 

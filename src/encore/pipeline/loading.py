@@ -2,7 +2,8 @@
 
 `load_components(path_or_preset)` resolves the folder layout (SPEC §1), reads configs and safetensors
 through `pipeline.checkpoint` (validated before anything is assigned) and key maps from
-`pipeline.convert`, and returns a `Components` bundle. `load_pipeline` wraps it in a `Pipeline`.
+`pipeline.convert`, and returns a `Components` bundle. `load_pipeline` wraps it in a `Pipeline`. The embedded
+export (`embedded.json`, MiniLM caption encoder) and the built-in name `embedded` load the same way.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import torch
 
 from encore.errors import CheckpointError
 from encore.models.config import AceStepConfig
-from encore.models.text_encoder import TextEncoder
-from encore.pipeline import convert
+from encore.models.text_encoder import AnyTextEncoder, SentenceTextEncoder, TextEncoder
+from encore.pipeline import convert, presets
 from encore.pipeline.checkpoint import (
     WeightIndex,
     assign_state,
@@ -32,6 +33,10 @@ from encore.pipeline.checkpoint import (
 )
 from encore.pipeline.presets import (
     DEFAULT_PRESET,
+    EMBEDDED_MARKER,
+    EMBEDDED_MISSING_HINT,
+    EMBEDDED_NAME,
+    EMBEDDED_TEXT_ENCODER_DIR,
     PRESETS,
     TEXT_ENCODER_DIR,
     VAE_DIR,
@@ -43,7 +48,7 @@ from encore.pipeline.presets import (
 )
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3Model
+    from transformers import BertConfig, PretrainedConfig, PreTrainedTokenizerBase, Qwen3Config
 
     from encore.models.acestep import AceStepModel
     from encore.models.vae import OobleckVAE, VAEConfig
@@ -81,6 +86,8 @@ class CheckpointPaths:
     """Official: `silence_latent.safetensors` (preferred) or `.pt`. Diffusers: condition-encoder weights."""
     lm_dirs: tuple[Path, ...] = ()
     """`acestep-5Hz-lm-*` folders found next to the DiT (official layout only)."""
+    embedded: bool = False
+    """The root is an embedded export (`embedded.json` present)."""
 
 
 @dataclass(frozen=True)
@@ -101,14 +108,14 @@ class Components:
 
     model: AceStepModel
     vae: OobleckVAE
-    text_encoder: TextEncoder
-    """Wrapper around the transformers `Qwen3Model` (`.model`)."""
+    text_encoder: AnyTextEncoder
+    """Wrapper around the transformers `Qwen3Model` or, for the embedded model, `BertModel` (`.model`)."""
     text_tokenizer: PreTrainedTokenizerBase
     silence_latent: torch.Tensor
     """`[T, C]` float32 on `device`: VAE latent of silence (reference-audio and source filler)."""
     config: AceStepConfig
     vae_config: VAEConfig
-    text_encoder_config: Qwen3Config
+    text_encoder_config: Qwen3Config | BertConfig
     variant: VariantInfo
     paths: CheckpointPaths
     device: torch.device
@@ -174,7 +181,9 @@ def resolve_checkpoint(
 
     Args:
         path_or_preset: A diffusers pipeline folder (`model_index.json`), an official DiT folder, an official
-            checkpoint root holding `acestep-v15-*` folders, or a preset name (`turbo`, `base`, ...).
+            checkpoint root holding `acestep-v15-*` folders (an embedded export is one), a preset name
+            (`turbo`, `base`, ...), or `embedded` for the model bundled in the package. As for presets, an
+            existing folder of that name wins over the name.
         checkpoint_root: Where preset names are looked up (default
             `encore.pipeline.download.default_checkpoint_root()`).
         variant: Preset or folder name picking the DiT when an official root holds several.
@@ -184,7 +193,11 @@ def resolve_checkpoint(
     """
     path = Path(path_or_preset)
     name = str(path_or_preset)
-    if not path.exists() and (name in PRESETS or preset_for_dit_dir(name) is not None):
+    if not path.exists() and name == EMBEDDED_NAME:
+        path = presets.embedded_dir()
+        if not (path / EMBEDDED_MARKER).is_file():
+            raise CheckpointError(str(path), EMBEDDED_MISSING_HINT)
+    elif not path.exists() and (name in PRESETS or preset_for_dit_dir(name) is not None):
         from encore.pipeline.download import default_checkpoint_root
 
         preset = get_preset(name)
@@ -230,12 +243,35 @@ def _pick_dit_dir(root: Path, variant: str | None) -> Path:
     raise CheckpointError(str(root), f"several DiT folders {sorted(candidates)}; pass variant=...")
 
 
+def _embedded_text_dir(root: Path) -> Path:
+    """The caption-encoder folder named by `root/embedded.json` (written by the embedded export)."""
+    marker = root / EMBEDDED_MARKER
+    meta = read_json(marker)
+    if meta.get("format") != "encore-embedded":
+        raise CheckpointError(str(marker), f"format {meta.get('format')!r} is not 'encore-embedded'")
+    if not isinstance(meta.get("version"), int) or meta["version"] > 1:
+        raise CheckpointError(str(marker), f"version {meta.get('version')!r} unsupported (this Encore reads 1)")
+    name = meta.get("text_encoder", EMBEDDED_TEXT_ENCODER_DIR)
+    if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+        raise CheckpointError(str(marker), f"text_encoder {name!r} is not a plain folder name")
+    return root / name
+
+
+def _official_text_dir(root: Path) -> Path:
+    if (root / EMBEDDED_MARKER).is_file():
+        return _embedded_text_dir(root)
+    text = root / TEXT_ENCODER_DIR
+    if text.is_dir():
+        return text
+    if (root / EMBEDDED_TEXT_ENCODER_DIR).is_dir():  # an embedded export whose marker was lost
+        return root / EMBEDDED_TEXT_ENCODER_DIR
+    others = sorted(d for d in root.glob("Qwen3-Embedding*") if d.is_dir())
+    return others[0] if others else text
+
+
 def _official_paths(root: Path, dit: Path) -> CheckpointPaths:
     vae = root / VAE_DIR
-    text = root / TEXT_ENCODER_DIR
-    if not text.is_dir():
-        others = sorted(d for d in root.glob("Qwen3-Embedding*") if d.is_dir())
-        text = others[0] if others else text
+    text = _official_text_dir(root)
     silence = dit / "silence_latent.safetensors"
     if not silence.is_file():
         silence = dit / "silence_latent.pt"
@@ -249,6 +285,7 @@ def _official_paths(root: Path, dit: Path) -> CheckpointPaths:
         text_tokenizer=text,
         silence=silence,
         lm_dirs=lms,
+        embedded=(root / EMBEDDED_MARKER).is_file(),
     )
 
 
@@ -398,18 +435,39 @@ def load_vae(folder: Path, *, dtype: torch.dtype, check_finite: bool = True) -> 
 
 def load_text_encoder(
     folder: Path, *, dtype: torch.dtype, check_finite: bool = True
-) -> tuple[Qwen3Model, Qwen3Config]:
-    """Reads the Qwen3-Embedding folder (config.json + safetensors) into a transformers `Qwen3Model` (CPU)."""
-    from transformers import Qwen3Config, Qwen3Model
+) -> tuple[AnyTextEncoder, Qwen3Config | BertConfig]:
+    """Reads a caption-encoder folder (config.json + safetensors) into its wrapper (CPU).
 
+    `model_type` `qwen3` (Qwen3-Embedding) -> `TextEncoder` over `Qwen3Model`; `bert` (the embedded model's
+    MiniLM) -> `SentenceTextEncoder` over `BertModel` without its pooler.
+    """
+    if not folder.is_dir():
+        raise CheckpointError(str(folder), "text encoder folder not found")
     cfg_path = folder / "config.json"
     data = read_json(cfg_path)
-    if data.get("model_type") != "qwen3":
-        raise CheckpointError(str(cfg_path), f"model_type {data.get('model_type')!r} is not 'qwen3'")
+    model_type = data.get("model_type")
+    if model_type == "qwen3":
+        qwen, qwen_config = _load_qwen3(folder, data, dtype=dtype, check_finite=check_finite)
+        return TextEncoder(qwen), qwen_config
+    if model_type == "bert":
+        bert, bert_config = _load_bert(folder, data, dtype=dtype, check_finite=check_finite)
+        return SentenceTextEncoder(bert), bert_config
+    raise CheckpointError(str(cfg_path), f"model_type {model_type!r} is neither 'qwen3' nor 'bert'")
+
+
+def _text_config(cls: type[PretrainedConfig], data: dict[str, Any], cfg_path: Path) -> Any:
     try:
-        config = Qwen3Config.from_dict(data)
+        return cls.from_dict(data)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(str(cfg_path), str(exc)) from exc
+
+
+def _load_qwen3(
+    folder: Path, data: dict[str, Any], *, dtype: torch.dtype, check_finite: bool
+) -> tuple[Any, Qwen3Config]:
+    from transformers import Qwen3Config, Qwen3Model
+
+    config = _text_config(Qwen3Config, data, folder / "config.json")
     index = scan_weights(folder, "model")
     if any(k.startswith("model.") for k in index.entries):
         # Saved from `Qwen3ForCausalLM`: strip the base-model prefix; the LM head is unused by the embedder.
@@ -422,11 +480,36 @@ def load_text_encoder(
     return model.eval(), config
 
 
+def _load_bert(
+    folder: Path, data: dict[str, Any], *, dtype: torch.dtype, check_finite: bool
+) -> tuple[Any, BertConfig]:
+    from transformers import BertConfig, BertModel
+
+    config = _text_config(BertConfig, data, folder / "config.json")
+    index = scan_weights(folder, "model")
+    # The pooler is unused (token-level states feed the DiT) and `position_ids` is a non-persistent buffer
+    # that older sentence-transformers files still carry; a `bert.` prefix comes from `BertFor*` heads.
+    prefixed = any(k.startswith("bert.") for k in index.entries)
+    mapping = {
+        k: k.removeprefix("bert.")
+        for k in index.entries
+        if (k.startswith("bert.") or not prefixed)
+        and not k.removeprefix("bert.").startswith("pooler.")
+        and k.removeprefix("bert.") != "embeddings.position_ids"
+    }
+    index = index.renamed(mapping, (lambda key: f"bert.{key}") if prefixed else (lambda key: key))
+    with parameters_on_meta():
+        model = BertModel(config, add_pooling_layer=False)
+    state = read_validated(model, index, dtype=dtype, check_finite=check_finite)
+    assign_state(model, state)
+    return model.eval(), config
+
+
 def load_text_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
-    """The Qwen3-Embedding tokenizer from local files only (no hub access, no remote code)."""
+    """The text encoder's tokenizer (Qwen3-Embedding or MiniLM) from local files only (no hub, no remote code)."""
     from transformers import AutoTokenizer
 
-    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.json").is_file():
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json", "vocab.txt")):
         raise CheckpointError(str(folder / "tokenizer.json"), "tokenizer files not found")
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -435,6 +518,12 @@ def load_text_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
 
 
 def _variant(paths: CheckpointPaths, config: AceStepConfig) -> VariantInfo:
+    is_xl = config.enc_hidden_size != config.hidden_size
+    if paths.embedded:
+        # Same DiT folder names as the official release but a different model: never report it as `turbo`.
+        name = EMBEDDED_NAME if config.is_turbo else f"{EMBEDDED_NAME}-base"
+        return VariantInfo(name=name, is_turbo=config.is_turbo, is_xl=is_xl, preset=None,
+                           defaults=defaults_for(config.is_turbo))
     name = paths.dit.name if paths.layout == "official" else paths.root.name.removesuffix("-diffusers")
     preset = preset_for_dit_dir(name)
     if preset is not None and preset.is_turbo != config.is_turbo:
@@ -445,7 +534,6 @@ def _variant(paths: CheckpointPaths, config: AceStepConfig) -> VariantInfo:
             config.is_turbo,
         )
         preset = None
-    is_xl = config.enc_hidden_size != config.hidden_size
     return VariantInfo(
         name=preset.name if preset else name,
         is_turbo=config.is_turbo,
@@ -468,7 +556,8 @@ def load_components(
     variant: str | None = None,
     check_finite: bool = True,
 ) -> Components:
-    """Loads DiT, VAE, text encoder, tokenizer and silence latent of one checkpoint.
+    """Loads DiT, VAE, text encoder (Qwen3-Embedding, or MiniLM for the embedded model), tokenizer and
+    silence latent of one checkpoint.
 
     Everything is read and validated on the CPU first; modules move to `device` only after every file
     passed, so a bad file never leaves a half-loaded pipeline.
@@ -495,7 +584,7 @@ def load_components(
     config = load_dit_config(paths, vae_config)
     silence = load_silence(paths, config.audio_acoustic_hidden_dim)
     model = load_model(paths, config, dtype=dt, check_finite=check_finite)
-    text_model, text_config = load_text_encoder(paths.text_encoder, dtype=dt, check_finite=check_finite)
+    text_encoder, text_config = load_text_encoder(paths.text_encoder, dtype=dt, check_finite=check_finite)
     if text_config.hidden_size != config.text_hidden_dim:
         raise CheckpointError(
             str(paths.text_encoder / "config.json"),
@@ -504,11 +593,11 @@ def load_components(
     tokenizer = load_text_tokenizer(paths.text_tokenizer)
     model.to(dev)
     vae.to(dev)
-    text_model.to(dev)
+    text_encoder.to(dev)
     return Components(
         model=model,
         vae=vae,
-        text_encoder=TextEncoder(text_model),
+        text_encoder=text_encoder,
         text_tokenizer=tokenizer,
         silence_latent=silence.to(dev),
         config=config,

