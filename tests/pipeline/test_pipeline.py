@@ -189,14 +189,6 @@ def test_unknown_language_and_missing_source_are_invalid(turbo: Pipeline) -> Non
     assert info.value.field == "task.source"
 
 
-def test_loras_are_refused_until_supported(turbo: Pipeline, tmp_path: Path) -> None:
-    from encore.pipeline.request import LoraSpec
-
-    with pytest.raises(InvalidRequest) as info:
-        turbo.generate(_request(loras=(LoraSpec(path=str(tmp_path)),)))
-    assert info.value.field == "loras"
-
-
 def test_thinking_needs_text2music_and_a_planner(turbo: Pipeline, tmp_path: Path) -> None:
     from encore.pipeline.request import PlannerOptions
     from encore.tasks.spec import Cover

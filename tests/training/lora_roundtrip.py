@@ -9,16 +9,18 @@ import sys
 
 import torch
 
+CAPTION = "tinystyle, a test song"
+DURATION_S = 2.0
+
 
 def generate(checkpoint: str, adapter: str | None, scale: float, seed: int) -> dict[str, torch.Tensor]:
     """Latents and audio of one fixed text2music request, with `adapter` applied at `scale` (None: base model)."""
     from encore.pipeline.pipeline import Pipeline
     from encore.pipeline.request import GenerationRequest, LoraSpec, TextInputs
-    from encore.training.lora import apply_loras
 
     pipe = Pipeline.from_pretrained(checkpoint, device="cpu", dtype="float32")
-    apply_loras(pipe.model.decoder, [LoraSpec(path=adapter, scale=scale)] if adapter else [])
-    request = GenerationRequest(text=TextInputs(caption="tinystyle, a test song", duration_s=2.0), seeds=(seed,))
+    request = GenerationRequest(text=TextInputs(caption=CAPTION, duration_s=DURATION_S), seeds=(seed,),
+                                loras=(LoraSpec(path=adapter, scale=scale),) if adapter else ())
     result = pipe.generate(request)
     return {"latents": result.latents, "audio": result.audio}
 

@@ -147,11 +147,11 @@ def _embed_dataset(data: Any) -> np.ndarray:
     return embed(torch.stack([data[i].target_latents for i in range(len(data))]))
 
 
-def _generate(pipe: Any, caption: str) -> torch.Tensor:
+def _generate(pipe: Any, caption: str, loras: tuple[Any, ...] = ()) -> torch.Tensor:
     from encore.pipeline.request import DiffusionOptions, GenerationRequest, TextInputs
 
     request = GenerationRequest(text=TextInputs(caption=caption, duration_s=SECONDS), batch_size=len(SEEDS),
-                                seeds=SEEDS, diffusion=DiffusionOptions(**SAMPLING))
+                                seeds=SEEDS, diffusion=DiffusionOptions(**SAMPLING), loras=loras)
     return pipe.generate(request).latents
 
 
@@ -187,7 +187,6 @@ def run_experiment(workdir: Path, *, steps: int = 800, base_steps: int = 6000, r
     from encore.pipeline.request import LoraSpec
     from encore.training.config import LoraTrainConfig
     from encore.training.data import LatentDataset
-    from encore.training.lora import apply_loras
     from encore.training.recipes.lora import run
 
     checkpoint, generic_index, base_losses = prepare_base(workdir, base_steps)
@@ -211,9 +210,8 @@ def run_experiment(workdir: Path, *, steps: int = 800, base_steps: int = 6000, r
     for caption in (STYLE_PROMPT, *UNRELATED):
         outputs[caption] = {}
         for scale in SCALES:
-            apply_loras(pipe.model.decoder, [LoraSpec(path=str(result.adapter_dir), scale=scale)])
-            outputs[caption][scale] = embed(_generate(pipe, caption))
-    apply_loras(pipe.model.decoder, [])
+            lora = LoraSpec(path=str(result.adapter_dir), scale=scale)
+            outputs[caption][scale] = embed(_generate(pipe, caption, (lora,)))
     report = measure(references, outputs, losses=[v for _, v in result.losses])
     report["base_pretrain_loss_first_last"] = [round(float(np.mean(base_losses[:20])), 3),
                                                round(float(np.mean(base_losses[-20:])), 3)]

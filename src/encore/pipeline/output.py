@@ -77,12 +77,21 @@ def item_metadata(result: GenerationResult, index: int) -> dict[str, Any]:
         "seed": seed,
         "model": model.get("variant"),
         "checkpoint": model.get("checkpoint"),
-        "loras": [lora.get("path") for lora in request.get("loras", [])],
+        "loras": _lora_ids(model, request),
         "item": index,
         "request": request,
         "normalization": normalization[index] if isinstance(normalization, list) else normalization,
         "params": params,
     }
+
+
+def _lora_ids(model: dict[str, Any], request: dict[str, Any]) -> list[dict[str, Any]]:
+    """`{"name", "scale", "sha256"}` per adapter as the pipeline recorded it (the request keeps the paths);
+    results that carry no ids fall back to the request's `{"path", "scale"}`."""
+    recorded = model.get("loras")
+    if recorded is None:
+        return [dict(lora) for lora in request.get("loras", [])]
+    return [dict(lora) for lora in recorded]
 
 
 def write_outputs(result: GenerationResult, paths: Sequence[Path]) -> list[Path]:

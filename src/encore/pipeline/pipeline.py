@@ -25,7 +25,7 @@ from torch import Tensor
 from encore import __version__
 from encore.errors import Cancelled, InvalidRequest
 from encore.models.dit import CrossKVCache
-from encore.pipeline import postprocess
+from encore.pipeline import adapters, postprocess
 from encore.pipeline.request import (
     MAX_SEED,
     CancelToken,
@@ -173,6 +173,7 @@ class Pipeline:
         self.dtype: torch.dtype = components.dtype
         # build_conditioning needs the silence latent in the latents' dtype (official: cast to model dtype).
         self.silence = components.silence_latent.to(device=self.device, dtype=self.dtype)
+        self._lora_ids: list[dict[str, Any]] = []
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, device: str | torch.device | None = "auto",
@@ -218,28 +219,33 @@ class Pipeline:
             InvalidRequest, AudioError, NumericalError, Cancelled.
         """
         stages = _Stages(progress, cancel, self.device)
-        with torch.inference_mode():
-            run = self._resolve(request, stages, cancel)
-            if run.plans is not None:
-                with stages("plan"):
-                    self._plan(run)
-            with stages("load_audio"):
-                inputs = self._load_inputs(request)
-            with stages("encode_audio"):
-                source_latents = self._encode_source(run, inputs)
-                timbre = self._timbre_latents(run, inputs)
-            conds = self._conditionings(run, source_latents)
-            with stages("encode_text"):
-                encoded = self._encode_conditions(run, conds, timbre)
-            with stages("sample"):
-                sampled = self._sample(run, conds[0], encoded)
-            latents = tc.assemble_latents(sampled, conds[0])
-            postprocess.check_finite(latents, "DiT latents")
-            with stages("decode"):
-                audio = self.decode_latents(latents)
-            postprocess.check_finite(audio, "VAE decode")
-            with stages("finish"):
-                audio = self._finish_audio(run, inputs, conds[0], audio)
+        try:
+            with torch.inference_mode():
+                run = self._resolve(request, stages, cancel)
+                if run.plans is not None:
+                    with stages("plan"):
+                        self._plan(run)
+                with stages("load_audio"):
+                    inputs = self._load_inputs(request)
+                with stages("encode_audio"):
+                    source_latents = self._encode_source(run, inputs)
+                    timbre = self._timbre_latents(run, inputs)
+                conds = self._conditionings(run, source_latents)
+                with stages("encode_text"):
+                    encoded = self._encode_conditions(run, conds, timbre)
+                with stages("sample"):
+                    sampled = self._sample(run, conds[0], encoded)
+                latents = tc.assemble_latents(sampled, conds[0])
+                postprocess.check_finite(latents, "DiT latents")
+                with stages("decode"):
+                    audio = self.decode_latents(latents)
+                postprocess.check_finite(audio, "VAE decode")
+                with stages("finish"):
+                    audio = self._finish_audio(run, inputs, conds[0], audio)
+        finally:
+            # Success or not, the next request starts from the base model (adapters stay cached, disabled).
+            adapters.release(self.model.decoder)
+            self._lora_ids = []
         stages.report("done", 1.0)
         return GenerationResult(audio=audio.cpu(), sample_rate=self.sample_rate, seeds=run.seeds,
                                 params=run.params, latents=latents.float().cpu(), plan=run.plans,
@@ -247,9 +253,8 @@ class Pipeline:
 
     # ----------------------------------------------------------------------------- stage 0: resolve
     def _resolve(self, request: GenerationRequest, stages: _Stages, cancel: CancelToken | None) -> _Run:
-        """Fill defaults from the model variant, draw missing seeds, refuse what this build cannot do."""
-        if request.loras:
-            raise InvalidRequest("loras", "LoRA adapters are not supported by this pipeline build yet")
+        """Fill defaults from the model variant, draw missing seeds, refuse what this build cannot do, and switch
+        the request's LoRA adapters on (before anything computes the cross-attention K/V cache)."""
         thinking = request.planner is not None and request.planner.think
         if thinking and not isinstance(request.task, Text2Music):
             raise InvalidRequest("planner.think", "the planner writes audio codes for text2music only; the other "
@@ -263,6 +268,8 @@ class Pipeline:
                 request, text=dataclasses.replace(request.text, duration_s=DEFAULT_DURATION_S))
         prompts.validate_language(request.text.language)
         sampling = self.resolve_sampling(request.diffusion)
+        # Last check of this stage: every adapter file is read and matched to the DiT before any sampling.
+        self._lora_ids = adapters.activate_request(self.model.decoder, request.loras)
         seeds = request.item_seeds() or tuple(secrets.randbelow(MAX_SEED + 1) for _ in range(request.batch_size))
         run = _Run(request=request, kind=kind_of(request.task), seeds=seeds, sampling=sampling, stages=stages,
                    cancel=cancel, text=request.text, plans=[] if thinking else None)
@@ -289,12 +296,17 @@ class Pipeline:
         return run
 
     def model_info(self) -> dict[str, Any]:
-        """Model identity recorded in every result (and in the output files' tags)."""
+        """Model identity recorded in every result (and in the output files' tags).
+
+        ``loras`` lists the adapters active for the current request: ``{"name", "scale", "sha256"}``
+        (`encore.pipeline.adapters.activate_request`); empty between requests.
+        """
         comp = self.components
         paths = getattr(comp, "paths", None)
         return {"variant": comp.variant.name, "is_turbo": comp.variant.is_turbo,
                 "checkpoint": paths.dit.name if paths is not None else None,
-                "dtype": str(self.dtype).removeprefix("torch."), "loras": []}
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "loras": [dict(lora_id) for lora_id in self._lora_ids]}
 
     def resolve_sampling(self, options: DiffusionOptions) -> SamplingPlan:
         """Resolve the request's diffusion options against the variant's defaults (SPEC §9.3–9.4).
