@@ -224,7 +224,7 @@ _WN_PAIRS = (
 )
 
 
-def fold_vae_weight_norm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def fold_vae_weight_norm(sd: Mapping[str, torch.Tensor], *, in_place: bool = False) -> dict[str, torch.Tensor]:
     """Folds weight-norm pairs into plain conv weights: `w = g * v / ||v||`.
 
     The norm runs over every dim except dim 0 (torch `weight_norm(dim=0)`, used by diffusers'
@@ -234,6 +234,8 @@ def fold_vae_weight_norm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
 
     Args:
         sd: VAE state dict in diffusers names.
+        in_place: Scale each float32 `v` in place and return it as the weight: the loader's state dict is
+            its own, and this keeps one VAE copy in memory instead of two (the folded weights plus the pairs).
 
     Returns:
         State dict with `<conv>.weight` in place of each pair.
@@ -257,7 +259,7 @@ def fold_vae_weight_norm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
                 raise ValueError(f"weight-norm tensor {key!r} has no partner {v_key!r}")
             if f"{base}.weight" in sd or f"{base}.weight" in out:
                 raise ValueError(f"{base}.weight is present both plain and as a weight-norm pair")
-            out[f"{base}.weight"] = _fold(key, sd[key], sd[v_key])
+            out[f"{base}.weight"] = _fold(key, sd[key], sd[v_key], in_place=in_place)
             consumed.update((key, v_key))
     for key, value in sd.items():
         if key not in consumed:
@@ -265,7 +267,7 @@ def fold_vae_weight_norm(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def _fold(name: str, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _fold(name: str, g: torch.Tensor, v: torch.Tensor, *, in_place: bool = False) -> torch.Tensor:
     if not (g.is_floating_point() and v.is_floating_point()):
         raise ValueError(f"{name}: weight-norm tensors must be floating point, got {g.dtype}/{v.dtype}")
     expected_g = (v.shape[0],) + (1,) * (v.ndim - 1)
@@ -275,7 +277,8 @@ def _fold(name: str, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         )
     v32 = v.to(torch.float32)
     norm = torch.linalg.vector_norm(v32, dim=tuple(range(1, v.ndim)), keepdim=True)
-    return g.to(torch.float32) * v32 / norm
+    scale = g.to(torch.float32) / norm  # v * (g / ||v||): the order torch's weight_norm computes in
+    return v32.mul_(scale) if in_place else v32 * scale
 
 
 def unfold_vae_weight_norm(

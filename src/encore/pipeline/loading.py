@@ -421,7 +421,7 @@ def load_vae(folder: Path, *, dtype: torch.dtype, check_finite: bool = True) -> 
         if not entry.dtype.is_floating_point:
             raise CheckpointError(str(entry.path), f"dtype {entry.dtype} is not floating point", key)
     try:
-        folded = convert.fold_vae_weight_norm(raw.read_all())
+        folded = convert.fold_vae_weight_norm(raw.read_all(), in_place=True)
     except ValueError as exc:
         raise CheckpointError(str(raw.primary), str(exc)) from exc
     with parameters_on_meta():
