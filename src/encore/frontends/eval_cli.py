@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--checkpoint",
         type=Path,
         default=None,
-        help="Checkpoint root (official layout). Default: $ENCORE_CHECKPOINT or ./checkpoints.",
+        help="Checkpoint root (official layout). Default: $ENCORE_CHECKPOINT, else the bundled embedded model.",
     )
     p.add_argument(
         "--corpus",
@@ -115,7 +115,12 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise InvalidRequest("--limit", f"must be >= 1, got {args.limit}")
     systems = [parse_system(s) for s in args.systems]
-    checkpoint = args.checkpoint or Path(os.environ.get("ENCORE_CHECKPOINT", "checkpoints"))
+    if args.checkpoint is None and not os.environ.get("ENCORE_CHECKPOINT"):
+        from encore.pipeline import presets
+
+        if not presets.embedded_available():
+            raise InvalidRequest("--checkpoint", "no checkpoint given and the embedded model is not bundled")
+    checkpoint = args.checkpoint or Path(os.environ.get("ENCORE_CHECKPOINT") or presets.embedded_dir())
     report = run_eval(_factory(args, checkpoint), prompts=load_prompt_set(args.prompts), corpus_dir=args.corpus,
                       out_dir=args.out, systems=systems, include_renders=not args.no_renders,
                       probe_path=args.probe, limit=args.limit, duration_s=args.duration, seed=args.seed,

@@ -323,14 +323,14 @@ def _export_text_encoder(src: Path, dest: Path, dtype: torch.dtype) -> None:
 def main(argv: list[str] | None = None) -> int:
     """`python -m encore.training.embedded export <dest> vae=<folder> dit=<ckpt> [planner=<ckpt>]
     [base=<ckpt>]
-    [dtype=float16|bfloat16] [text_encoder=<folder>]`."""
+    [dtype=float16|bfloat16] [text_encoder=<folder>] [max_mb=<MB>|max_mb=none]`."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2 or args[0] != "export":
         raise SystemExit(main.__doc__)
     opts = dict(a.split("=", 1) for a in args[2:])
-    unknown = set(opts) - {"vae", "dit", "planner", "base", "dtype", "text_encoder"}
+    unknown = set(opts) - {"vae", "dit", "planner", "base", "dtype", "text_encoder", "max_mb"}
     if unknown or "vae" not in opts or "dit" not in opts:
         raise SystemExit(f"unknown or missing options {sorted(unknown)}; {main.__doc__}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -343,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         base_checkpoint=opts.get("base"),
         text_encoder=opts.get("text_encoder"),
         dtype=dtype,
+        # The shipped model keeps the budget; an evaluation export that adds the base DiT may exceed it.
+        max_bytes=None if opts.get("max_mb") == "none" else int(float(opts.get("max_mb", 100)) * 2**20),
     )
     return 0
 
