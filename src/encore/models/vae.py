@@ -224,7 +224,16 @@ class Snake1d(nn.Module):
         """x: `[B, C, L]` -> `[B, C, L]`."""
         # Same operation order as the reference so fp32 results agree to rounding.
         inv_beta = (torch.exp(self.beta) + 1e-9).reciprocal()
-        return x + inv_beta * torch.sin(torch.exp(self.alpha) * x).pow(2)
+        scale = torch.exp(self.alpha)
+        if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+            return x + inv_beta * torch.sin(scale * x).pow(2)
+        # Inference: one temporary updated in place instead of four. Bit-identical to the line above and
+        # about twice as fast; the activations are a third of the VAE decode time on CPU.
+        t = x * scale
+        t.sin_()
+        t.mul_(t)
+        t.mul_(inv_beta)
+        return t.add_(x)
 
 
 class OobleckResidualUnit(nn.Module):
