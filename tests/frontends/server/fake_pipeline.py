@@ -1,9 +1,9 @@
 """A fast fake pipeline for server tests (no torch): sine-wave audio, progress per step, honours cancel.
 
 Workers load it as ``frontends.server.fake_pipeline:make_fake`` (PYTHONPATH=tests). Behaviour is steered by
-markers in the caption (``[fail]``, ``[nan]``, ``[silent]``, ``[hang]``, ``[slow]``, ``[audioerror]``) and by
-``settings.extra`` or JSON in ``$ENCORE_FAKE``: ``fake_step_s``, ``fake_steps``, ``fake_planner`` (offer
-planner modes), ``fake_load_s`` (simulated load time), ``fake_load_error`` (fail to load).
+markers in the caption (``[fail]``, ``[nan]``, ``[silent]``, ``[hang]``, ``[slow]``, ``[audioerror]``,
+``[badlora]``) and by ``settings.extra`` or JSON in ``$ENCORE_FAKE``: ``fake_step_s``, ``fake_steps``,
+``fake_planner`` (offer planner modes), ``fake_load_s`` (simulated load time), ``fake_load_error`` (fail to load).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from encore.errors import AudioError, Cancelled, CheckpointError
+from encore.errors import AudioError, Cancelled, CheckpointError, InvalidRequest
 from encore.pipeline.request import GenerationResult, request_to_dict
 
 SAMPLE_RATE = 48000
@@ -47,6 +47,7 @@ class FakePipeline:
             raise AudioError("input", "cannot decode")
         if "[fail]" in caption:
             raise RuntimeError("fake failure with a secret path /etc/secret")
+        lora_ids = self._check_loras(request, caption)
         step_s = 0.5 if "[slow]" in caption else self.step_s
         steps = request.diffusion.num_steps or self.steps
         for i in range(steps):
@@ -73,8 +74,25 @@ class FakePipeline:
             audio[:] = 0.0
         params = request_to_dict(request)
         params["source_seconds"] = source_seconds
+        params["lora_ids"] = lora_ids
         return GenerationResult(audio=audio, sample_rate=SAMPLE_RATE, seeds=tuple(seeds), params=params,
                                 timings_s={"total": steps * step_s})
+
+    @staticmethod
+    def _check_loras(request: Any, caption: str) -> list[dict[str, Any]]:
+        """Like the real pipeline: every `loras[i].path` must be an adapter on disk (``[badlora]`` reports the
+        file as unusable, naming its path the way `adapter_format` errors do)."""
+        ids = []
+        for i, spec in enumerate(request.loras):
+            weights = os.path.join(spec.path, "adapter_model.safetensors") if os.path.isdir(spec.path) else spec.path
+            if not os.path.isfile(weights):
+                raise InvalidRequest(f"loras[{i}].path", f"{weights}: adapter weights not found")
+            if "[badlora]" in caption:
+                raise InvalidRequest(f"loras[{i}].path", f"{weights} [layers.0.self_attn.q_proj.lora_A.weight]: "
+                                     "shapes A[4, 16] B[16, 4] do not fit Linear(32->32)")
+            ids.append({"name": os.path.basename(spec.path), "scale": spec.scale,
+                        "weights_bytes": os.path.getsize(weights)})
+        return ids
 
     def plan_mode(self, mode: str, args: dict[str, Any], *, progress: Any = None, cancel: Any = None) -> dict[str, Any]:
         if progress is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import signal
 import socket
@@ -43,6 +44,36 @@ def wav_bytes(seconds: float = 0.5, sr: int = 16000, channels: int = 1, fmt: str
     buf = io.BytesIO()
     sf.write(buf, data, sr, format=fmt)
     return buf.getvalue()
+
+
+def write_fake_adapter(dest: Path, *, rank: int = 4, alpha: float = 8.0, layers: int = 2, width: int = 16,
+                       config: bool = True, metadata: dict[str, str] | None = None) -> Path:
+    """A small random LoRA adapter in the PEFT layout of `encore.pipeline.adapter_format` (what `encore train lora`
+    exports), written with safetensors' numpy API so the server tests need no torch.
+
+    Keys `base_model.model.layers.<i>.self_attn.{q,k,v,o}_proj.lora_A.weight` `[rank, width]` and `lora_B`
+    `[width, rank]`; `dest` is a folder (with `adapter_config.json` when `config`), or a `.safetensors` file.
+    """
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for i in range(layers):
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            key = f"base_model.model.layers.{i}.self_attn.{proj}"
+            tensors[f"{key}.lora_A.weight"] = rng.standard_normal((rank, width), dtype=np.float32)
+            tensors[f"{key}.lora_B.weight"] = rng.standard_normal((width, rank), dtype=np.float32) * 0.01
+    weights = dest if dest.suffix == ".safetensors" else dest / "adapter_model.safetensors"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(weights), metadata={"format": "pt", **(metadata or {})})
+    if config:
+        cfg = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": "/home/someone/ckpt",
+               "r": rank, "lora_alpha": alpha, "lora_dropout": 0.1,
+               "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "bias": "none", "fan_in_fan_out": False,
+               "use_rslora": False, "use_dora": False, "inference_mode": True, "modules_to_save": None,
+               "rank_pattern": {}, "alpha_pattern": {}, "layers_to_transform": None}
+        (weights.parent / "adapter_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    return dest
 
 
 class InProcessServer:

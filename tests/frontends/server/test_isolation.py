@@ -16,14 +16,19 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from encore.frontends.server.app import create_app
 from encore.frontends.server.settings import ServerSettings
-from frontends.server.srvkit import wav_bytes
-settings = ServerSettings(data_dir=tempfile.mkdtemp(), pipeline_factory="frontends.server.fake_pipeline:make_fake")
+from frontends.server.srvkit import wav_bytes, write_fake_adapter
+loras = Path(tempfile.mkdtemp())
+write_fake_adapter(loras / "style")
+settings = ServerSettings(data_dir=tempfile.mkdtemp(), pipeline_factory="frontends.server.fake_pipeline:make_fake",
+                          lora_dir=str(loras))
 client = TestClient(create_app(settings), base_url="http://127.0.0.1")
 up = client.post("/v1/uploads", files={"file": ("a.wav", wav_bytes(), "audio/wav")}).json()
 assert client.post("/v1/jobs", json={"request": {"task": {"kind": "cover", "source": up["id"]}}}).status_code == 202
 assert client.post("/release_task", json={"prompt": "x"}).status_code == 200
 assert client.post("/query_result", json={"task_id_list": []}).status_code == 200
 client.get("/metrics"); client.get("/ready"); client.get("/openapi.json")
+assert client.get("/v1/loras").json()["loras"][0]["rank"] == 4
+assert client.post("/v1/jobs", json={"request": {"loras": [{"path": "style"}]}}).status_code == 202
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "gradio"))
 print(json.dumps(heavy))
 """

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from frontends.server.srvkit import AUTH, InProcessServer, fast_settings
+from frontends.server.srvkit import AUTH, InProcessServer, fast_settings, write_fake_adapter
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
@@ -24,7 +24,9 @@ still be refused for reasons a schema cannot express (an upload id that does not
 
 
 def _fuzz(tmp_path: Path, max_examples: int) -> None:
-    srv = InProcessServer(fast_settings(tmp_path, extra={"fake_steps": 1, "fake_step_s": 0.0, "fake_planner": True}))
+    write_fake_adapter(tmp_path / "loras" / "style")  # so GET /v1/loras answers a non-empty list
+    srv = InProcessServer(fast_settings(tmp_path, lora_dir=str(tmp_path / "loras"),
+                                        extra={"fake_steps": 1, "fake_step_s": 0.0, "fake_planner": True}))
     try:
         schema = schemathesis.openapi.from_asgi("/openapi.json", srv.app, headers=HEADERS)
         failures, operations = [], 0
@@ -42,7 +44,7 @@ def _fuzz(tmp_path: Path, max_examples: int) -> None:
                 check()
             except (AssertionError, BaseExceptionGroup) as exc:  # collect every operation's failures
                 failures.append(f"{operation.method.upper()} {operation.path}: {exc}"[:3000])
-        assert operations >= 19
+        assert operations >= 20
         assert not failures, "\n\n".join(failures)
     finally:
         srv.close()

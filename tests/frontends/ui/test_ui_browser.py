@@ -1,5 +1,6 @@
 """The Gradio UI in a real headless Chromium (Debian `chromium`, driven by Playwright; no browser download):
-open the page, fill a caption, click Generate, wait for the audio player, fetch its file, save a screenshot.
+open the page, fill a caption, pick a LoRA adapter, click Generate, wait for the audio player, fetch its file, save
+a screenshot.
 
 Set-up: `bash scripts/setup-browser.sh` installs chromium. The screenshot goes to $ENCORE_ARTIFACTS_DIR (or the
 test's tmp folder). The UI and the API run as separate processes, the API with the fake pipeline.
@@ -16,7 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from frontends.server.srvkit import KEY, TESTS_DIR, LiveServer, free_port, kill_orphan_workers
+from frontends.server.srvkit import (
+    KEY,
+    TESTS_DIR,
+    LiveServer,
+    free_port,
+    kill_orphan_workers,
+    write_fake_adapter,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -49,7 +57,8 @@ def test_generate_in_headless_chromium(tmp_path: Path) -> None:
         pytest.skip("Debian chromium is not installed (run scripts/setup-browser.sh)")
     data = tmp_path / "data"
     data.mkdir()
-    api = LiveServer(data, workers=1)
+    write_fake_adapter(tmp_path / "loras" / "style")
+    api = LiveServer(data, workers=1, extra_args=("--lora-dir", str(tmp_path / "loras")))
     ui_port = free_port()
     ui_log = tmp_path / "ui.log"
     ui = _start_ui(api.url, ui_port, ui_log)
@@ -62,6 +71,11 @@ def test_generate_in_headless_chromium(tmp_path: Path) -> None:
                 page = browser.new_page(viewport={"width": 1280, "height": 1100})
                 page.goto(f"http://127.0.0.1:{ui_port}/", wait_until="domcontentloaded")
                 page.locator("#caption textarea").fill("lofi hip hop with rain")
+                page.get_by_role("tab", name="LoRA").click()  # the list comes from GET /v1/loras on page load
+                page.wait_for_function("() => document.querySelector('#lora-note').innerText.includes('1 adapter')",
+                                       timeout=30000)
+                page.locator("#lora input").click()
+                page.get_by_role("option", name="style (rank 4").click()
                 page.locator("#generate").click()
                 page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('Done')",
                                        timeout=60000)
@@ -81,6 +95,8 @@ def test_generate_in_headless_chromium(tmp_path: Path) -> None:
                 browser.close()
         job = api.client.get("/v1/jobs").json()["jobs"][0]
         assert job["state"] == "succeeded" and job["result"]["params"]["text"]["caption"] == "lofi hip hop with rain"
+        assert job["result"]["params"]["loras"] == [{"path": "style", "scale": 1.0}]  # the UI's LoRA choice
+        assert job["result"]["params"]["lora_ids"][0]["name"] == "style"  # ... reached the pipeline as a folder
     finally:
         ui.send_signal(signal.SIGTERM)
         try:

@@ -90,3 +90,50 @@ def test_ui_app_builds_without_torch() -> None:
                          check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_lora_choices_follow_the_server_listing() -> None:
+    from encore.frontends.ui.app import lora_choices
+
+    choices, note = lora_choices({"enabled": False, "loras": []})
+    assert choices == [("(none)", "")] and "--lora-dir" in note
+    choices, note = lora_choices({"enabled": True, "loras": []})
+    assert choices == [("(none)", "")] and "no usable adapter" in note
+    listing = {"enabled": True, "loras": [
+        {"name": "broken", "size_bytes": 10, "rank": None, "alpha": None, "error": "truncated"},
+        {"name": "style", "size_bytes": 3 * 2**20, "rank": 4, "alpha": 8.0, "error": None}]}
+    choices, note = lora_choices(listing)
+    assert choices == [("(none)", ""), ("style (rank 4, alpha 8, 3.0 MiB)", "style")]
+    assert "1 adapter" in note and "Not usable: broken" in note
+    assert lora_choices(None)[0] == [("(none)", "")]
+
+
+def test_lora_choice_reaches_the_job(tmp_path: Path) -> None:
+    """The adapter list the UI shows comes from GET /v1/loras, and the chosen name and scale reach the job and
+    the pipeline (which gets the adapter's folder in the server's LoRA directory)."""
+    from frontends.server.srvkit import InProcessServer, fast_settings, write_fake_adapter
+
+    from encore.frontends.ui.app import ApiClient, lora_choices
+
+    lora_dir = write_fake_adapter(tmp_path / "loras" / "style").parent
+    srv = InProcessServer(fast_settings(tmp_path, lora_dir=str(lora_dir)))
+    try:
+        client = ApiClient("http://127.0.0.1", None)
+        client.http = srv.client  # the in-process app (a TestClient is an httpx.Client with the key set)
+        choices, _ = lora_choices(client.loras())
+        assert [value for _, value in choices] == ["", "style"]
+        values = {"task.kind": "text2music", "text.caption": "rain", "text.duration_s": 1.0,
+                  "loras.path": choices[1][1], "loras.scale": 1.5}
+        from encore.frontends.ui.app import request_from_values
+
+        body = request_from_values(values, client.upload)
+        assert body["loras"] == [{"path": "style", "scale": 1.5}]
+        view = client.wait(client.submit({"mode": "generate", "request": body})["id"], timeout_s=20)
+        assert view["state"] == "succeeded", view
+        params = view["result"]["params"]
+        assert params["loras"] == [{"path": "style", "scale": 1.5}]
+        assert params["lora_ids"][0]["name"] == "style" and params["lora_ids"][0]["scale"] == 1.5
+        no_lora = request_from_values({**values, "loras.path": choices[0][1]}, client.upload)
+        assert "loras" not in no_lora
+    finally:
+        srv.close()

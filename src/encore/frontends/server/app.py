@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 
 from encore import __version__
-from encore.frontends.server import schemas
+from encore.frontends.server import loras, schemas
 from encore.frontends.server.auth import Guard
 from encore.frontends.server.official import build_official_router
 from encore.frontends.server.schemas import ERROR_RESPONSES, SUBMIT_RESPONSES
@@ -67,6 +67,12 @@ def create_app(settings: ServerSettings, store: SQLiteJobStore | None = None) ->
 
     _add_upload_route(app, service, secured)
     _add_job_routes(app, service, secured)
+
+    @app.get("/v1/loras", tags=["loras"], dependencies=secured, response_model=schemas.LoraList,
+             responses=ERROR_RESPONSES, summary="LoRA adapters a generation may name in `loras[].path`.")
+    def list_loras() -> dict[str, Any]:
+        return loras.list_adapters(settings.lora_dir)
+
     app.include_router(build_official_router(service), dependencies=secured)
     return app
 

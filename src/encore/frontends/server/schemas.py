@@ -27,11 +27,11 @@ from pydantic import (
     create_model,
 )
 
+from encore.frontends.server.loras import LORA_NAME_PATTERN
 from encore.pipeline import request as rq
 from encore.tasks.spec import MAX_TASK_SECONDS, TRACK_NAMES
 
 UPLOAD_ID_PATTERN = r"^up-[0-9a-f]{32}$"
-LORA_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$"
 JOB_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 AUDIO_FIELD_NAMES = frozenset({"source", "reference_audio", "src_audio", "audio"})
 """String fields that name an input audio file; on the wire they carry upload ids."""
@@ -339,6 +339,26 @@ class ReadyReport(BaseModel):
     reasons: list[str]
     modes: list[str]
     workers: list[dict[str, Any]]
+
+
+class LoraInfo(BaseModel):
+    """One adapter of the server's LoRA folder; `name` is what `loras[].path` takes. Read from the adapter's
+    config and safetensors header only; `None` where the adapter does not record it."""
+
+    name: str = Field(pattern=LORA_NAME_PATTERN)
+    kind: Literal["folder", "file"] = Field(description="A PEFT folder (what `encore train lora` exports) or a "
+                                                        "single .safetensors file.")
+    size_bytes: int = Field(ge=0, description="Weights plus config file.")
+    modules: int | None = Field(None, ge=0, description="Adapted Linear modules (lora_A matrices).")
+    rank: int | None = Field(None, ge=1, description="Default rank r.")
+    alpha: float | None = Field(None, gt=0, description="Default lora_alpha (None: not recorded; alpha = rank).")
+    target_modules: list[str] | None = Field(None, description="Targeted module names ('re:' = regex).")
+    error: str | None = Field(None, description="Why the adapter looks unusable (it is listed anyway).")
+
+
+class LoraList(BaseModel):
+    enabled: bool = Field(description="False when the server has no LoRA folder (requests with loras get 422).")
+    loras: list[LoraInfo]
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

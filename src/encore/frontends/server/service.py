@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 
 from encore.errors import InvalidRequest
 from encore.frontends.server import schemas
+from encore.frontends.server.loras import find_adapter
 from encore.frontends.server.settings import ServerSettings
 from encore.frontends.server.store import (
     TERMINAL_STATES,
@@ -216,9 +217,8 @@ class JobService:
             name = lora.get("path") if isinstance(lora, dict) else None
             if not self.settings.lora_dir:
                 raise field_error(loc + dotted_loc(path), "LoRA adapters are disabled on this server")
-            if not isinstance(name, str) or not re.match(schemas.LORA_NAME_PATTERN, name) \
-                    or not (Path(self.settings.lora_dir) / name).exists():
-                raise field_error(loc + dotted_loc(path), f"unknown adapter {name!r}")
+            if not isinstance(name, str) or find_adapter(self.settings.lora_dir, name) is None:
+                raise field_error(loc + dotted_loc(path), f"unknown adapter {name!r} (see GET /v1/loras)")
             loras[path] = name
         try:
             request = request_from_dict(data)

@@ -104,6 +104,8 @@ class ServerSettings:
             raise ValueError("queue_max >= 1, workers >= 0 and max_attempts >= 1 are required")
         if not (0 < self.heartbeat_s < self.lease_s):
             raise ValueError("heartbeat_s must be positive and shorter than lease_s")
+        if self.lora_dir and not Path(self.lora_dir).is_dir():
+            raise ValueError(f"--lora-dir {self.lora_dir!r} is not a folder")
 
     def for_worker(self) -> str:
         """JSON for the worker environment, without the API keys."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from encore.errors import AudioError, Cancelled, CheckpointError, EncoreError, InvalidRequest, NumericalError
+from encore.frontends.server.loras import find_adapter
 from encore.frontends.server.settings import ServerSettings
 from encore.frontends.server.store import Job, SQLiteJobStore
 
@@ -171,7 +172,7 @@ class JobRunner:
             self.store.fail(job.id, self.worker_id, job.attempts, exc.code, exc.message)
         except EncoreError as exc:
             code, message = _classify(exc)
-            self.store.fail(job.id, self.worker_id, job.attempts, code, message)
+            self.store.fail(job.id, self.worker_id, job.attempts, code, public_copy(message, {}, self._server_dirs()))
         except Exception as exc:  # noqa: BLE001 - the job boundary: log the traceback, give the client a code only
             code, message = _classify(exc)
             logger.error("job %s failed (%s)\n%s", job.id, code, traceback.format_exc())
@@ -219,7 +220,7 @@ class JobRunner:
 
         payload = job.payload
         prelude = payload.get("prelude") or {}
-        data = self._resolve_inputs(payload["request"], payload.get("uploads", {}), payload.get("loras", {}))
+        data, public = self._resolve_inputs(payload["request"], payload.get("uploads", {}), payload.get("loras", {}))
         if prelude:
             data = self._apply_prelude(data, prelude, progress, flag)
         warnings: list[str] = []
@@ -229,6 +230,8 @@ class JobRunner:
         result = self.pipeline.generate(request, progress=progress, cancel=flag)
         if flag.is_set():
             raise Cancelled(flag.reason)
+        # clients (and the downloaded files' tags) see upload ids and adapter names, never server paths
+        result.params = public_copy(result.params, public, self._server_dirs())
         progress("writing", 1.0)
         audio = _as_numpy(result.audio)
         _check_audio(audio, payload["request"].get("task", {}).get("kind", "text2music"))
@@ -248,7 +251,7 @@ class JobRunner:
             raise JobFailure("planner_unavailable", "planner not loaded on this server")
         args = dict(job.payload.get("args", {}))
         if job.mode == "understand":
-            args = self._resolve_inputs(args, job.payload.get("uploads", {}), {})
+            args, _ = self._resolve_inputs(args, job.payload.get("uploads", {}), {})
         progress("planning", 0.0)
         out = run_planner(self.pipeline, job.mode, args, progress=progress, cancel=flag)
         return {"plan": json_safe(out)}
@@ -272,19 +275,34 @@ class JobRunner:
                 text[key] = value
         return {**data, "text": text}
 
-    def _resolve_inputs(self, data: dict[str, Any], uploads: dict[str, str], loras: dict[str, str]) -> dict[str, Any]:
-        """Replace upload ids by server paths (the API checked ownership at submit) and LoRA names by folders."""
+    def _resolve_inputs(self, data: dict[str, Any], uploads: dict[str, str], loras: dict[str, str],
+                        ) -> tuple[dict[str, Any], dict[str, str]]:
+        """Replace upload ids by server paths (the API checked ownership at submit) and LoRA names by their
+        entries in the LoRA folder. Returns the new request dict and {server path: upload id or adapter name}."""
         out = _deep_copy(data)
+        public: dict[str, str] = {}
         for dotted, upload_id in uploads.items():
             upload = self.store.get_upload(upload_id)
             if upload is None or not os.path.exists(upload.path):
                 raise JobFailure("invalid_audio", f"upload {upload_id} is no longer available")
             _set_dotted(out, dotted, upload.path)
+            public[upload.path] = upload_id
         for dotted, name in loras.items():
             if not self.settings.lora_dir:
                 raise JobFailure("invalid_request", "LoRA adapters are disabled on this server")
-            _set_dotted(out, dotted, str(Path(self.settings.lora_dir) / name))
-        return out
+            entry = find_adapter(os.path.abspath(self.settings.lora_dir), name)
+            if entry is None:  # removed (or replaced by something else) since the job was accepted
+                raise JobFailure("invalid_request", f"{dotted}: adapter {name!r} is no longer available")
+            _set_dotted(out, dotted, str(entry))
+            public[str(entry)] = name
+        return out, public
+
+    def _server_dirs(self) -> list[str]:
+        """Server folders whose absolute paths are cut from client-visible text (longest first)."""
+        dirs = {os.path.abspath(self.settings.data_dir), os.path.realpath(self.settings.data_dir)}
+        if self.settings.lora_dir:
+            dirs |= {os.path.abspath(self.settings.lora_dir), os.path.realpath(self.settings.lora_dir)}
+        return sorted(dirs, key=len, reverse=True)
 
     def _write_outputs(self, job: Job, result: Any, request: Any, audio: Any) -> list[dict[str, Any]]:
         fmt = request.output.format
@@ -473,6 +491,24 @@ def json_safe(value: Any) -> Any:
     if hasattr(value, "__dataclass_fields__"):
         return {k: json_safe(getattr(value, k)) for k in value.__dataclass_fields__}
     return str(value)
+
+
+def public_copy(value: Any, exact: dict[str, str], dirs: list[str]) -> Any:
+    """A copy of `value` (nested dicts, lists, tuples) in which strings equal to a key of `exact` become its value
+    and the prefix ``<dir>/`` of every folder in `dirs` is cut from other strings (``/srv/loras/style/x`` ->
+    ``style/x``). Other leaves are kept as they are."""
+    if isinstance(value, str):
+        if value in exact:
+            return exact[value]
+        for folder in dirs:
+            value = value.replace(folder.rstrip(os.sep) + os.sep, "")
+        return value
+    if isinstance(value, dict):
+        return {k: public_copy(v, exact, dirs) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [public_copy(v, exact, dirs) for v in value]
+        return tuple(items) if isinstance(value, tuple) else items
+    return value
 
 
 def _prod(shape: list[int]) -> int:

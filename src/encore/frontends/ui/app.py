@@ -3,7 +3,8 @@ uploads audio, submits jobs, polls their status and downloads the results; the w
 
 Components are kept in a dict keyed by request field path (``text.caption``, ``task.start_s``); handlers get a
 dict of values and `request_from_values` turns it into the request JSON, leaving out empty fields so every
-default lives only in the `encore.pipeline.request` dataclasses. No torch here.
+default lives only in the `encore.pipeline.request` dataclasses (``ui.*`` keys are display-only components). The
+LoRA choices come from the server's `GET /v1/loras`. No torch here.
 """
 
 from __future__ import annotations
@@ -64,6 +65,10 @@ class ApiClient:
         with open(path, "rb") as fh:
             r = self.http.post("/v1/uploads", files={"file": (Path(path).name, fh, "application/octet-stream")})
         return str(self._check(r)["id"])
+
+    def loras(self) -> dict[str, Any]:
+        """The server's LoRA adapters (`GET /v1/loras`): ``{"enabled", "loras": [{"name", "rank", ...}]}``."""
+        return dict(self._check(self.http.get("/v1/loras")))
 
     def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         return dict(self._check(self.http.post("/v1/jobs", json=body)))
@@ -167,6 +172,39 @@ def request_from_values(values: dict[str, Any], upload: Callable[[str], str]) ->
     return request
 
 
+def lora_choices(listing: dict[str, Any] | None) -> tuple[list[tuple[str, str]], str]:
+    """Dropdown choices ``(label, adapter name)`` (first "(none)" = no adapter) and a note for the user, from a
+    `GET /v1/loras` body (None: the server could not be asked). Adapters the server flags as broken are left out."""
+    none = [("(none)", "")]
+    if listing is None:
+        return none, "Could not ask the server for its LoRA adapters."
+    if not listing.get("enabled"):
+        return none, "LoRA is off on this server (start it with `--lora-dir FOLDER`)."
+    items = listing.get("loras") or []
+    usable = [item for item in items if not item.get("error")]
+    choices = none + [(_lora_label(item), str(item["name"])) for item in usable]
+    if not usable:
+        note = "The server's LoRA folder holds no usable adapter."
+    else:
+        note = f"{len(usable)} adapter(s) on the server. Scale: 0 = off, 1 = as trained, up to 2."
+    broken = [str(item["name"]) for item in items if item.get("error")]
+    if broken:
+        note += f" Not usable: {', '.join(broken)}."
+    return choices, note
+
+
+def _lora_label(item: dict[str, Any]) -> str:
+    facts = [f"rank {item['rank']}" if item.get("rank") else "",
+             f"alpha {item['alpha']:g}" if item.get("alpha") else "",
+             _size(int(item["size_bytes"])) if item.get("size_bytes") else ""]
+    facts = [f for f in facts if f]
+    return f"{item['name']} ({', '.join(facts)})" if facts else str(item["name"])
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{max(1, round(n / 1024))} KiB"
+
+
 def _typed(path: str, value: Any) -> Any:
     if path in ("text.bpm", "diffusion.num_steps", "text.timesignature"):
         return int(value)
@@ -240,9 +278,15 @@ def _components(gr: Any) -> dict[str, Any]:
             c["planner.temperature"] = gr.Slider(0, 2, value=d("planner.temperature"), label="LM temperature")
             c["planner.cfg_scale"] = gr.Slider(1, 5, value=d("planner.cfg_scale"), label="LM CFG scale")
             c["planner.top_p"] = gr.Slider(0.05, 1, value=d("planner.top_p"), label="LM top-p")
+    with gr.Tab("LoRA"):
+        # filled from GET /v1/loras when the page loads; disabled while the server offers no adapter
         with gr.Row():
-            c["loras.path"] = gr.Textbox(value="", label="LoRA adapter name (server LoRA folder)")
-            c["loras.scale"] = gr.Slider(0, 2, value=d("loras.scale"), label="LoRA scale")
+            c["loras.path"] = gr.Dropdown([("(none)", "")], value="", label="LoRA adapter (server LoRA folder)",
+                                          interactive=False, elem_id="lora")
+            c["loras.scale"] = gr.Slider(0, 2, value=d("loras.scale"), label="LoRA scale", interactive=False,
+                                         elem_id="lora-scale")
+        c["ui.lora_note"] = gr.Markdown("Asking the server for its adapters...", elem_id="lora-note")
+        c["ui.lora_refresh"] = gr.Button("Refresh adapter list", size="sm")
     return c
 
 
@@ -263,7 +307,7 @@ def build_ui(client: ApiClient, *, job_timeout_s: float = 1800.0) -> Any:
         files = gr.File(label="Downloads", file_count="multiple", interactive=False)
         history = gr.Dataframe(headers=HISTORY_HEADERS, value=[], label="Batch history", interactive=False)
         rows = gr.State([])
-        names = {comp: path for path, comp in c.items()}
+        names = {comp: path for path, comp in c.items() if not path.startswith("ui.")}  # request fields only
         plan_targets = [c[f"text.{f}"] for f in PLAN_FIELDS]
 
         def run(values: dict[Any, Any]) -> Iterator[dict[Any, Any]]:
@@ -277,11 +321,32 @@ def build_ui(client: ApiClient, *, job_timeout_s: float = 1800.0) -> Any:
                 return _plan_values(client, mode, by_path)
             return handler
 
-        generate_btn.click(run, inputs={*c.values(), rows},
+        generate_btn.click(run, inputs={*names, rows},
                            outputs=[status, *players, files, history, rows], concurrency_limit=None)
-        sample_btn.click(plan("sample"), inputs=set(c.values()), outputs=plan_targets)
-        format_btn.click(plan("format"), inputs=set(c.values()), outputs=plan_targets)
+        sample_btn.click(plan("sample"), inputs=set(names), outputs=plan_targets)
+        format_btn.click(plan("format"), inputs=set(names), outputs=plan_targets)
+        lora_outputs = [c["loras.path"], c["loras.scale"], c["ui.lora_note"]]
+        demo.load(lambda current: _lora_updates(client, current), inputs=c["loras.path"], outputs=lora_outputs)
+        c["ui.lora_refresh"].click(lambda current: _lora_updates(client, current), inputs=c["loras.path"],
+                                   outputs=lora_outputs)
     return demo
+
+
+def _lora_updates(client: ApiClient, current: Any) -> list[Any]:
+    """Updates for (adapter dropdown, scale slider, note) from the server's adapter list; keeps the current
+    choice while the server still offers it."""
+    import gradio as gr
+
+    try:
+        listing: dict[str, Any] | None = client.loras()
+    except (UiError, httpx.HTTPError) as exc:
+        logger.warning("cannot list LoRA adapters: %s", exc)
+        listing = None
+    choices, note = lora_choices(listing)
+    names = [value for _, value in choices]
+    usable = len(names) > 1
+    value = current if current in names else ""
+    return [gr.update(choices=choices, value=value, interactive=usable), gr.update(interactive=usable), note]
 
 
 def _generate(client: ApiClient, values: dict[str, Any], past: list[list[Any]], timeout_s: float, status: Any,
