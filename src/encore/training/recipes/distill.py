@@ -128,10 +128,7 @@ class DistillRecipe(Recipe[DistillConfig]):
 
     def build(self) -> None:
         cfg = self.config
-        if self.cache is None:
-            if not cfg.cache_dir:
-                raise InvalidRequest("cache_dir", "needs a latent cache folder")
-            self.cache = LatentCache.load(cfg.cache_dir)
+        self.cache = LatentCache.given_or_loaded(self.cache, cfg.cache_dir)
         if not cfg.teacher:
             raise InvalidRequest("teacher", "needs the base DiT checkpoint folder")
         self.teacher = load_dit_checkpoint(cfg.teacher).to(self.device).requires_grad_(False)

@@ -95,6 +95,15 @@ class LatentCache:
         return int(self.silence.shape[1])
 
     @classmethod
+    def given_or_loaded(cls, cache: LatentCache | None, folder: str) -> LatentCache:
+        """`cache` when a recipe was handed one (tests), else the cache in `folder` (the `cache_dir` option)."""
+        if cache is not None:
+            return cache
+        if not folder:
+            raise InvalidRequest("cache_dir", "needs a latent cache folder")
+        return cls.load(folder)
+
+    @classmethod
     def load(cls, folder: str | Path) -> LatentCache:
         """Reads a cache written by `encode_latent_cache`."""
         from safetensors.torch import load_file
@@ -600,10 +609,7 @@ class DiTRecipe(Recipe[DiTTrainConfig]):
 
     def build(self) -> None:
         cfg = self.config
-        if self.cache is None:
-            if not cfg.cache_dir:
-                raise InvalidRequest("cache_dir", "needs a latent cache folder")
-            self.cache = LatentCache.load(cfg.cache_dir)
+        self.cache = LatentCache.given_or_loaded(self.cache, cfg.cache_dir)
         self.model_config = embedded.dit_config(cfg.geometry, latent_channels=self.cache.latent_channels)
         # Initialisation draws from torch's global RNG; fork_rng restores the caller's state afterwards.
         with torch.random.fork_rng(devices=[]):
