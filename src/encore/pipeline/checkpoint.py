@@ -413,8 +413,14 @@ def read_validated(
 
 
 def all_finite(t: torch.Tensor, chunk: int = 1 << 20) -> bool:
-    """`torch.isfinite(t).all()` in 1 M-element chunks: the whole-tensor boolean temporaries (a quarter of
-    the model's size in total) otherwise fragment the heap and stay in the process's RSS after loading."""
+    """`torch.isfinite(t).all()` without a whole-tensor boolean temporary.
+
+    A sum is NaN/Inf whenever an element is, so one fast reduction clears almost every tensor; only when it
+    is not finite (a bad value, or a legitimate overflow of the sum) are the elements checked exactly, in
+    1 M-element chunks (whole-tensor temporaries would fragment the heap and stay in the RSS after loading).
+    """
+    if t.numel() == 0 or bool(torch.isfinite(t.sum())):
+        return True
     flat = t.reshape(-1)
     return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
 
