@@ -475,7 +475,8 @@ def _load_qwen3(
         index = index.renamed(mapping, lambda key: f"model.{key}")
     with parameters_on_meta():
         model = Qwen3Model(config)
-    state = read_validated(model, index, dtype=dtype, check_finite=check_finite)
+    state = read_validated(model, index, dtype=dtype, check_finite=check_finite,
+                           lookup_tables=frozenset({"embed_tokens.weight"}))
     assign_state(model, state)
     return model.eval(), config
 
