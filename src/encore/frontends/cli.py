@@ -205,12 +205,16 @@ def _check_output_location(output: Path) -> None:
         raise InvalidRequest("--output", f"folder {parent} is not writable")
 
 
+def checkpoint_choice(args: argparse.Namespace) -> str:
+    """--checkpoint, else $ENCORE_CHECKPOINT, else `DEFAULT_CHECKPOINT` (every command resolves it this way)."""
+    return str(args.checkpoint or os.environ.get("ENCORE_CHECKPOINT") or DEFAULT_CHECKPOINT)
+
+
 def load_pipeline(args: argparse.Namespace) -> Any:
     """Load the pipeline for --checkpoint/--device/--dtype (imports torch)."""
     from encore.pipeline.pipeline import Pipeline
 
-    path = args.checkpoint or os.environ.get("ENCORE_CHECKPOINT") or DEFAULT_CHECKPOINT
-    return Pipeline.from_pretrained(path, device=args.device, dtype=args.dtype, planner=args.planner)
+    return Pipeline.from_pretrained(checkpoint_choice(args), device=args.device, dtype=args.dtype, planner=args.planner)
 
 
 def report(args: argparse.Namespace, result: Any, paths: Sequence[Path]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,7 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_eval_command)
 
 
-def _factory(args: argparse.Namespace, checkpoint: Path) -> Any:
+def _factory(args: argparse.Namespace, checkpoint: str) -> Any:
     """``factory(variant) -> Pipeline``; checks that base/turbo rows really load a base/turbo model."""
     from encore.eval.run import random_pipeline_like
     from encore.pipeline.loading import load_pipeline
@@ -115,12 +114,11 @@ def run_eval_command(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise InvalidRequest("--limit", f"must be >= 1, got {args.limit}")
     systems = [parse_system(s) for s in args.systems]
-    if args.checkpoint is None and not os.environ.get("ENCORE_CHECKPOINT"):
-        from encore.pipeline import presets
+    from encore.pipeline.loading import resolve_checkpoint
 
-        if not presets.embedded_available():
-            raise InvalidRequest("--checkpoint", "no checkpoint given and the embedded model is not bundled")
-    checkpoint = args.checkpoint or Path(os.environ.get("ENCORE_CHECKPOINT") or presets.embedded_dir())
+    checkpoint = cli.checkpoint_choice(args)
+    for spec in systems:  # fail (a missing folder, variant or unbundled model) before the probe trains
+        resolve_checkpoint(checkpoint, variant=None if spec.is_floor else spec.variant)
     report = run_eval(_factory(args, checkpoint), prompts=load_prompt_set(args.prompts), corpus_dir=args.corpus,
                       out_dir=args.out, systems=systems, include_renders=not args.no_renders,
                       probe_path=args.probe, limit=args.limit, duration_s=args.duration, seed=args.seed,

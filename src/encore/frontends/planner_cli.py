@@ -158,10 +158,6 @@ def _check_output(path: Path | None) -> None:
     cli._check_output_location(path)
 
 
-def _checkpoint_name(args: argparse.Namespace) -> str:
-    return str(args.checkpoint or os.environ.get("ENCORE_CHECKPOINT") or cli.DEFAULT_CHECKPOINT)
-
-
 def planner_dir(args: argparse.Namespace, lm_dirs: tuple[Path, ...] | None = None) -> Path:
     """--planner, else the checkpoint's `acestep-5Hz-lm-*` folder (the official default one preferred).
 
@@ -176,7 +172,7 @@ def planner_dir(args: argparse.Namespace, lm_dirs: tuple[Path, ...] | None = Non
         if not args.planner.is_dir():
             raise CheckpointError(str(args.planner), "planner folder does not exist")
         return Path(args.planner)
-    name = _checkpoint_name(args)
+    name = cli.checkpoint_choice(args)
     if lm_dirs is None:
         from encore.pipeline.loading import resolve_checkpoint
 
@@ -233,7 +229,7 @@ def run_understand(args: argparse.Namespace) -> int:
     _check_output(args.output)
     if not args.audio.is_file():
         raise AudioError(str(args.audio), "file not found")
-    name = _checkpoint_name(args)
+    name = cli.checkpoint_choice(args)
     lm = planner_dir(args, resolve_checkpoint(name).lm_dirs)
     pipeline = Pipeline.from_pretrained(name, device=args.device, dtype=args.dtype)
     codes = audio_codes(pipeline, args.audio)
