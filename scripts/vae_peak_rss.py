@@ -14,11 +14,7 @@ from pathlib import Path
 
 import torch
 
-
-def rss_mib() -> tuple[int, int]:
-    """(current, peak) resident set size in MiB, from /proc (Linux)."""
-    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
+from encore.bench import status_mib
 
 
 def main() -> None:
@@ -38,10 +34,10 @@ def main() -> None:
         def decode(latents: torch.Tensor) -> torch.Tensor:
             return model.decode(latents).sample
 
-    loaded = rss_mib()[0]
+    loaded = status_mib("VmRSS")
     with torch.inference_mode():
         decode(z)
-    print(f"{side}: RSS after loading {loaded} MiB, peak after one decode {rss_mib()[1]} MiB")
+    print(f"{side}: RSS after loading {loaded:.0f} MiB, peak after one decode {status_mib('VmHWM'):.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -58,7 +58,8 @@ def write_checkpoints(root: Path, num_layers: int) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------------------------- workers
 
 
-def _status_mb(field: str) -> float:
+def status_mib(field: str) -> float:
+    """A memory field of this process from /proc (Linux), in MiB: `VmRSS` (now) or `VmHWM` (peak)."""
     with open("/proc/self/status", encoding="ascii") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -74,7 +75,7 @@ def _reset_peak_rss() -> None:
 
 def _memory(after_load_peak: float, loaded: float) -> dict[str, float]:
     # clear_refs also resets what ru_maxrss reports, so the overall peak is the max of the two marks.
-    generate_peak = _status_mb("VmHWM")
+    generate_peak = status_mib("VmHWM")
     return {"load_peak_rss_mb": after_load_peak, "rss_loaded_mb": loaded,
             "generate_peak_rss_mb": generate_peak, "peak_rss_mb": max(after_load_peak, generate_peak)}
 
@@ -100,7 +101,7 @@ def run_encore(checkpoint: Path, duration_s: float, device: str, dtype: str, rep
     start = time.perf_counter()
     pipe = Pipeline.from_pretrained(checkpoint, device=device, dtype=dtype)
     load_s = time.perf_counter() - start
-    load_peak, loaded = _status_mb("VmHWM"), _status_mb("VmRSS")
+    load_peak, loaded = status_mib("VmHWM"), status_mib("VmRSS")
 
     def once(seconds: float) -> tuple[float, dict[str, float]]:
         request = GenerationRequest(text=TextInputs(caption=CAPTION, lyrics=LYRICS, language="en",
@@ -152,7 +153,7 @@ def run_diffusers(checkpoint: Path, duration_s: float, device: str, dtype: str, 
     pipe = AceStepPipeline.from_pretrained(str(checkpoint), torch_dtype=torch_dtype, tokenizer=tokenizer).to(device)
     pipe.set_progress_bar_config(disable=True)
     load_s = time.perf_counter() - start
-    load_peak, loaded = _status_mb("VmHWM"), _status_mb("VmRSS")
+    load_peak, loaded = status_mib("VmHWM"), status_mib("VmRSS")
     bucket: dict[str, float] = {}
     pipe.encode_prompt = _timed(pipe.encode_prompt, bucket, "encode", device)
     pipe.condition_encoder.forward = _timed(pipe.condition_encoder.forward, bucket, "encode", device)

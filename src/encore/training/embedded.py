@@ -320,6 +320,13 @@ def _export_text_encoder(src: Path, dest: Path, dtype: torch.dtype) -> None:
     write_safetensors(dest / "model.safetensors", kept, {"format": "pt"})
 
 
+def _max_bytes(max_mb: str | None) -> int | None:
+    """The `max_mb=` export option: absent -> `MAX_EXPORT_BYTES`, `none` -> no limit, else megabytes."""
+    if max_mb is None:
+        return MAX_EXPORT_BYTES
+    return None if max_mb == "none" else int(float(max_mb) * 2**20)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m encore.training.embedded export <dest> vae=<folder> dit=<ckpt> [planner=<ckpt>]
     [base=<ckpt>]
@@ -344,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         text_encoder=opts.get("text_encoder"),
         dtype=dtype,
         # The shipped model keeps the budget; an evaluation export that adds the base DiT may exceed it.
-        max_bytes=None if opts.get("max_mb") == "none" else int(float(opts.get("max_mb", 100)) * 2**20),
+        max_bytes=_max_bytes(opts.get("max_mb")),
     )
     return 0
 
