@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from helpers.tiny_training import finalized_tiny_vae
 
 from encore.models.acestep import AceStepModel
 from encore.tasks import prompts
@@ -206,8 +207,6 @@ def test_stem_tracks_pick_a_stable_subset() -> None:
 
 
 def test_latent_cache_round_trip(tmp_path: Path) -> None:
-    from encore.training.recipes.vae import TensorAudioSource, VAERecipe, VAETrainConfig, finalize_vae
-
     rate = 8000
     t = np.arange(rate) / rate
     for i in range(2):
@@ -231,23 +230,7 @@ def test_latent_cache_round_trip(tmp_path: Path) -> None:
             "duration": 1.0,
         }
         (folder / "labels.json").write_text(json.dumps(labels), encoding="utf-8")
-    source = TensorAudioSource([torch.randn(2, rate) * 0.1])
-    vae_run = VAERecipe(
-        VAETrainConfig(
-            output_dir=str(tmp_path / "vae"),
-            geometry="tiny",
-            max_steps=1,
-            batch_size=1,
-            crop_seconds=0.2,
-            fft_sizes=(64, 32),
-        ),
-        source=source,
-    )
-    vae_run.setup()
-    vae_run.train()
-    vae_dir = finalize_vae(
-        max((tmp_path / "vae" / "checkpoints").iterdir()), tmp_path / "vae_final", source, silence_seconds=4.0
-    )
+    vae_dir = finalized_tiny_vae(tmp_path, torch.randn(2, rate) * 0.1, silence_seconds=4.0)
     out = encode_latent_cache(
         tmp_path / "corpus", vae_dir, tmp_path / "cache", stem_fraction=1.0, stems_per_clip=2
     )

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import torch
+from helpers.tiny_training import finalized_tiny_vae
 
 from encore.training import embedded
 from encore.training.recipes.dit import DiTRecipe, DiTTrainConfig, load_dit_checkpoint
-from encore.training.recipes.vae import TensorAudioSource, VAERecipe, VAETrainConfig, finalize_vae
 
 
 def _latest(run: Path) -> Path:
@@ -22,21 +22,7 @@ def test_export_writes_the_official_layout(tmp_path: Path) -> None:
     from encore.pipeline.loading import load_dit_config, load_model, load_vae, resolve_checkpoint
     from encore.training.recipes.dit import CachedClip, LatentCache
 
-    source = TensorAudioSource([torch.randn(2, 8000) * 0.1])
-    vae_run = VAERecipe(
-        VAETrainConfig(
-            output_dir=str(tmp_path / "vae"),
-            geometry="tiny",
-            max_steps=1,
-            batch_size=1,
-            crop_seconds=0.2,
-            fft_sizes=(64, 32),
-        ),
-        source=source,
-    )
-    vae_run.setup()
-    vae_run.train()
-    vae_dir = finalize_vae(_latest(tmp_path / "vae"), tmp_path / "vae_final", source, silence_seconds=2.0)
+    vae_dir = finalized_tiny_vae(tmp_path, torch.randn(2, 8000) * 0.1, silence_seconds=2.0)
 
     clip = CachedClip(clip_id="c", mix=torch.randn(40, 8), labels={"caption": "x"})
     cache = LatentCache(clips=[clip], silence=torch.zeros(100, 8), sample_rate=8000, hop_samples=320)
