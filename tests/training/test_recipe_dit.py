@@ -245,3 +245,11 @@ def test_latent_cache_round_trip(tmp_path: Path) -> None:
     )
     assert clip.labels["keyscale"] == "A minor" and cache.silence.shape == (100, 8)
     assert (cache.sample_rate, cache.hop_samples) == (8000, 320)
+    # A subset: one clip, then the same cache resumed with a larger budget adds only the other one.
+    sub = encode_latent_cache(tmp_path / "corpus", vae_dir, tmp_path / "sub", stem_fraction=0.0, max_clips=1)
+    first = [c.clip_id for c in LatentCache.load(sub).clips]
+    encode_latent_cache(tmp_path / "corpus", vae_dir, tmp_path / "sub", stem_fraction=0.0, max_clips=2)
+    both = [c.clip_id for c in LatentCache.load(sub).clips]
+    assert len(first) == 1 and sorted(both) == ["clip_000000", "clip_000001"]
+    full = {c.clip_id: c.mix for c in cache.clips}
+    assert torch.equal(LatentCache.load(sub).clips[both.index(first[0])].mix, full[first[0]])

@@ -162,6 +162,10 @@ def corpus_clips(corpus: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     return [(p.parent, json.loads(p.read_text(encoding="utf-8"))) for p in found]
 
 
+def _ids(clips: Sequence[tuple[Path, dict[str, Any]]]) -> list[str]:
+    return [lab.get("clip_id", d.name) for d, lab in clips]
+
+
 def stem_tracks(clip_id: str, tracks: Sequence[str], fraction: float, per_clip: int) -> list[str]:
     """The tracks whose stem and "mix without it" latents are cached for a clip.
 
@@ -204,13 +208,15 @@ def encode_latent_cache(
     clips_per_shard: int = 64,
     stem_fraction: float = 0.3,
     stems_per_clip: int = 1,
+    max_clips: int | None = None,
 ) -> Path:
     """Encodes a rendered corpus with a finalized VAE (posterior means, fp16). Resumable: clips already in
     `index.jsonl` are skipped; a shard is written before its index lines.
 
     Each clip needs `stems` (track -> audio path relative to the clip folder) and optionally `mix`; without a
     mix, the sum of the stems is encoded. For the tracks `stem_tracks` picks, the stem alone and the sum of
-    all other stems ("without") are encoded too.
+    all other stems ("without") are encoded too. `max_clips` caches only that many clips, chosen by a hash
+    of their ids (a spread over the whole corpus, the same choice on every resumed run).
     """
     from encore.audio.tiling import encode_tiled
     from encore.pipeline.checkpoint import write_safetensors
@@ -226,7 +232,11 @@ def encode_latent_cache(
     index = out / "index.jsonl"
     lines = index.read_text(encoding="utf-8").splitlines() if index.is_file() else []
     done = {json.loads(ln)["clip_id"] for ln in lines if ln}
-    todo = [(d, lab) for d, lab in corpus_clips(corpus) if lab.get("clip_id", d.name) not in done]
+    clips = corpus_clips(corpus)
+    if max_clips is not None:
+        chosen_ids = set(sorted(_ids(clips), key=lambda c: zlib.crc32(f"subset:{c}".encode()))[:max_clips])
+        clips = [(d, lab) for d, lab in clips if lab.get("clip_id", d.name) in chosen_ids]
+    todo = [(d, lab) for d, lab in clips if lab.get("clip_id", d.name) not in done]
 
     def enc(wav: Tensor) -> Tensor:
         return encode_tiled(vae, wav[None]).mode()[0].transpose(0, 1).to(torch.float16)
@@ -680,14 +690,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["encode"]:
         opts = dict(a.split("=", 1) for a in args[4:] if "=" in a)
-        if len(args) < 4 or set(opts) - {"stem_fraction", "stems_per_clip"}:
+        if len(args) < 4 or set(opts) - {"stem_fraction", "stems_per_clip", "max_clips"}:
             raise InvalidRequest(
                 "encode",
-                "usage: encode <corpus> <vae folder> <cache dir> [stem_fraction=F] [stems_per_clip=N]",
+                "usage: encode <corpus> <vae folder> <cache dir> [stem_fraction=F] [stems_per_clip=N] "
+                "[max_clips=N]",
             )
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        max_clips = int(opts["max_clips"]) if "max_clips" in opts else None
         encode_latent_cache(args[1], args[2], args[3], stem_fraction=float(opts.get("stem_fraction", 0.3)),
-                            stems_per_clip=int(opts.get("stems_per_clip", 1)))  # fmt: skip
+                            stems_per_clip=int(opts.get("stems_per_clip", 1)), max_clips=max_clips)  # fmt: skip
         return 0
     return run_cli(DiTTrainConfig, DiTRecipe, args)
 

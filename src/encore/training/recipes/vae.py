@@ -1,10 +1,10 @@
 """VAE recipe: train an Oobleck VAE on rendered audio (multi-resolution STFT + KL, then adversarial + feature
 matching against a multi-scale STFT discriminator, then a last phase without the KL term).
 
-Conv weights are optimised with Muon (`torch.optim.Muon`) on their flattened `[out, in*k]` matrix views; Snake
-parameters and biases with AdamW. `finalize_vae` turns a checkpoint into the shipped `vae/` folder: it absorbs
-a per-channel latent affine (zero mean, unit variance on the corpus) into the encoder's mean head and the
-decoder's first conv, and encodes the 600 s silence latent.
+Conv weights are optimised with Muon (`torch.optim.Muon` orthogonalizing in float32, `encore.training.muon`)
+on their flattened `[out, in*k]` matrix views; Snake parameters and biases with AdamW. `finalize_vae` turns a
+checkpoint into the shipped `vae/` folder: it absorbs a per-channel latent affine (zero mean, unit variance on
+the corpus) into the encoder's mean head and the decoder's first conv, and encodes the 600 s silence latent.
 
 Run: `python -m encore.training.recipes.vae data=<corpus dir> output_dir=runs/vae max_steps=4000`
 Finalize: `python -m encore.training.recipes.vae finalize <checkpoint folder> <dest folder> data=<corpus dir>`
@@ -35,6 +35,7 @@ from encore.training.losses import (
     multi_resolution_stft_loss,
     si_sdr,
 )
+from encore.training.muon import Muon
 from encore.training.recipes.base import Recipe, RecipeConfig, load_module_tensors, run_cli, step_generator
 
 log = logging.getLogger(__name__)
@@ -254,7 +255,7 @@ class VAERecipe(Recipe[VAETrainConfig]):
             self.source = FileAudioSource(audio_files(cfg.data), self.vae_config.sampling_rate)
         matrices, others = split_vae_parameters(self.vae)
         self.views = MatrixViews(matrices)
-        self.muon = torch.optim.Muon(
+        self.muon = Muon(
             self.views.views,
             lr=cfg.learning_rate,
             weight_decay=cfg.weight_decay,
