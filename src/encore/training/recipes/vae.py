@@ -61,8 +61,9 @@ class VAETrainConfig(RecipeConfig):
     batch_size: int = 4
     crop_seconds: float = 0.5
     """Random crop per item; the 48 kHz blocks dominate the cost, so short crops buy many more steps."""
-    learning_rate: float = 3e-3
-    """Muon learning rate of conv weights (with `match_rms_adamw` scaling)."""
+    learning_rate: float = 1e-3
+    """Muon learning rate of conv weights (with `match_rms_adamw` scaling); 3e-3 diverged on the embedded
+    geometry (docs/model-card.md)."""
     adamw_learning_rate: float = 3e-4
     """AdamW learning rate of Snake parameters and biases."""
     disc_learning_rate: float = 2e-4
@@ -71,10 +72,11 @@ class VAETrainConfig(RecipeConfig):
     disc_fft_sizes: tuple[int, ...] = (2048, 512)
     disc_channels: int = 16
     stft_weight: float = 1.0
-    kl_weight: float = 1e-4
+    kl_weight: float = 2e-3
+    """On the per-element mean KL (16 channels): close to Stable Audio's 1e-4 on a KL summed over 64."""
     adversarial_weight: float = 0.1
     feature_weight: float = 5.0
-    adversarial_start_step: int = 2000
+    adversarial_start_step: int = 1700
     """Steps of pure reconstruction (+KL) before the discriminator joins."""
     final_phase_start_step: int | None = None
     """From this step on: no KL term, the decoder sees posterior means (the paper's last phase)."""
