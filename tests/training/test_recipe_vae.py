@@ -155,3 +155,38 @@ def test_config_rejects_bad_values(tmp_path: Path) -> None:
         _config(tmp_path, crop_seconds=0.0)
     cfg = _config(tmp_path, adversarial_start_step=3, final_phase_start_step=5)
     assert [cfg.phase(s) for s in (0, 3, 5)] == ["recon", "adversarial", "final"]
+
+
+def test_refinalize_ships_a_later_decoder_with_the_frozen_encoder(tmp_path: Path) -> None:
+    from encore.errors import CheckpointError
+    from encore.training.recipes.vae import refinalize_decoder
+
+    source = TensorAudioSource([_tone(1.0, 220.0)])
+    run = VAERecipe(
+        _config(tmp_path / "run", max_steps=4, final_phase_start_step=1, save_every_steps=1, crop_seconds=0.2),
+        source=source,
+    )
+    run.setup()
+    run.train()
+    ckpts = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    # Step 0 is a recon step, steps 1-3 train only the decoder: checkpoints 1..4 share one encoder.
+    second = finalize_vae(ckpts[0], tmp_path / "final2", source, silence_seconds=2.0)
+    later = refinalize_decoder(ckpts[-1], second, tmp_path / "re")
+    full = finalize_vae(ckpts[-1], tmp_path / "full", source, silence_seconds=2.0)
+    re_vae, _, re_silence = load_vae_checkpoint(later)
+    full_vae, _, full_silence = load_vae_checkpoint(full)
+    sec_vae, _, _ = load_vae_checkpoint(second)
+    for name, t in re_vae.encoder.state_dict().items():
+        assert torch.equal(t, sec_vae.encoder.state_dict()[name]), name
+    for name, t in re_vae.decoder.state_dict().items():
+        torch.testing.assert_close(t, full_vae.decoder.state_dict()[name], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(re_silence, full_silence, rtol=1e-4, atol=1e-5)
+    changed = [n for n, t in re_vae.decoder.state_dict().items() if not torch.equal(t, sec_vae.decoder.state_dict()[n])]
+    assert changed  # the later decoder really is a different one
+    other = VAERecipe(_config(tmp_path / "other", max_steps=1, seed=1, crop_seconds=0.2), source=source)
+    other.setup()
+    other.train()
+    foreign = finalize_vae(max((tmp_path / "other" / "checkpoints").iterdir()), tmp_path / "f", source,
+                           silence_seconds=2.0)  # fmt: skip
+    with pytest.raises(CheckpointError, match="encoder tensor differs"):
+        refinalize_decoder(ckpts[-1], foreign, tmp_path / "bad")  # another run's encoder

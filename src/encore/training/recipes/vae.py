@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from encore.errors import InvalidRequest
+from encore.errors import CheckpointError, InvalidRequest
 from encore.models.vae import OobleckVAE, VAEConfig
 from encore.training import embedded
 from encore.training.discriminator import MultiScaleSTFTDiscriminator
@@ -68,7 +68,10 @@ class VAETrainConfig(RecipeConfig):
     """AdamW learning rate of Snake parameters and biases."""
     disc_learning_rate: float = 2e-4
     weight_decay: float = 0.0
-    fft_sizes: tuple[int, ...] = DEFAULT_FFT_SIZES
+    fft_sizes: tuple[int, ...] = (8192, 4096, *DEFAULT_FFT_SIZES)
+    """STFT loss resolutions. Windows up to 2048 samples (43 ms) are about one 40 ms latent frame long, so a
+    decoder that repeats one waveform grain per frame (a buzz on the 25 Hz harmonics, which key estimation
+    reads as G) looks right to them; the 4096 and 8192 windows resolve that line spectrum and penalize it."""
     disc_fft_sizes: tuple[int, ...] = (2048, 512)
     disc_channels: int = 16
     stft_weight: float = 1.0
@@ -427,6 +430,50 @@ def finalize_vae(
     return dest
 
 
+@torch.no_grad()
+def refinalize_decoder(checkpoint: str | Path, finalized: str | Path, dest: str | Path) -> Path:
+    """Ships the decoder of a later `checkpoint` with the encoder, latent affine and silence latent of an earlier
+    `finalize_vae` folder, without re-encoding anything.
+
+    Valid only when the encoder did not change between the two (the last phase freezes it): latents cached with
+    `finalized` then stay exact, so the decoder can keep training after the DiT's latent cache is built. The
+    affine is recovered from the two encoders' mean heads, and every encoder tensor is checked to match after
+    absorbing it; a changed encoder raises `CheckpointError`.
+    """
+    from safetensors.torch import load_file
+
+    from encore.pipeline.checkpoint import read_safetensors, write_safetensors
+    from encore.pipeline.saving import write_vae
+
+    checkpoint = Path(checkpoint)
+    state = _checkpoint_state(checkpoint)
+    vcfg = embedded.vae_config(state["config"]["geometry"])
+    vae = OobleckVAE(vcfg).eval()
+    load_module_tensors(
+        {"vae": vae},
+        {k: v for k, v in load_file(str(checkpoint / "model.safetensors")).items() if k.startswith("vae.")},
+        str(checkpoint),
+    )
+    final, _, silence = load_vae_checkpoint(finalized)
+    d = vcfg.decoder_input_channels
+    raw_w, fin_w = vae.encoder.conv2.weight[:d].float(), final.encoder.conv2.weight[:d].float()
+    scale = (raw_w.flatten(1) * fin_w.flatten(1)).sum(1) / fin_w.flatten(1).pow(2).sum(1)  # least squares
+    shift = vae.encoder.conv2.bias[:d].float() - final.encoder.conv2.bias[:d].float() * scale
+    absorb_latent_affine(vae, shift, scale)
+    theirs = final.encoder.state_dict()
+    for name, tensor in vae.encoder.state_dict().items():
+        if not torch.allclose(tensor.float(), theirs[name].float(), rtol=1e-4, atol=1e-6):
+            raise CheckpointError(str(checkpoint), f"encoder tensor differs from {finalized}'s; its latents "
+                                  "would not match the cache, run finalize instead", tensor=f"encoder.{name}")  # fmt: skip
+    vae.encoder.load_state_dict(theirs)  # bit-exact: the cached latents came from these weights
+    dest = Path(dest)
+    write_vae(dest, vcfg, vae.state_dict())
+    write_safetensors(dest / SILENCE_NAME, {"silence_latent": silence})
+    read_safetensors(dest / SILENCE_NAME)  # fail here, not at load time, on a bad write
+    log.info("decoder of %s shipped with the encoder of %s", checkpoint, finalized)
+    return dest
+
+
 def load_vae_checkpoint(folder: str | Path) -> tuple[OobleckVAE, VAEConfig, Tensor]:
     """A `finalize_vae` folder -> (VAE in eval mode, config, silence latent `[T, D]`)."""
     from encore.pipeline.checkpoint import read_safetensors
@@ -445,8 +492,14 @@ def _checkpoint_state(folder: Path) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: train (default) or `finalize <checkpoint> <dest> data=<corpus>`."""
+    """CLI: train (default), `finalize <checkpoint> <dest> data=<corpus>` or
+    `refinalize <checkpoint> <finalized folder> <dest>`."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["refinalize"]:
+        if len(args) != 4:
+            raise InvalidRequest("refinalize", "usage: refinalize <checkpoint> <finalized folder> <dest>")
+        refinalize_decoder(args[1], args[2], args[3])
+        return 0
     if args[:1] == ["finalize"]:
         if len(args) < 4 or not args[3].startswith("data="):
             raise InvalidRequest("finalize", "usage: finalize <checkpoint> <dest> data=<corpus or file list>")
