@@ -162,8 +162,8 @@ def corpus_clips(corpus: str | Path) -> list[tuple[Path, dict[str, Any]]]:
     return [(p.parent, json.loads(p.read_text(encoding="utf-8"))) for p in found]
 
 
-def _ids(clips: Sequence[tuple[Path, dict[str, Any]]]) -> list[str]:
-    return [lab.get("clip_id", d.name) for d, lab in clips]
+def _clip_id(folder: Path, labels: dict[str, Any]) -> str:
+    return labels.get("clip_id", folder.name)
 
 
 def stem_tracks(clip_id: str, tracks: Sequence[str], fraction: float, per_clip: int) -> list[str]:
@@ -234,9 +234,10 @@ def encode_latent_cache(
     done = {json.loads(ln)["clip_id"] for ln in lines if ln}
     clips = corpus_clips(corpus)
     if max_clips is not None:
-        chosen_ids = set(sorted(_ids(clips), key=lambda c: zlib.crc32(f"subset:{c}".encode()))[:max_clips])
-        clips = [(d, lab) for d, lab in clips if lab.get("clip_id", d.name) in chosen_ids]
-    todo = [(d, lab) for d, lab in clips if lab.get("clip_id", d.name) not in done]
+        ranked = sorted((_clip_id(d, lab) for d, lab in clips), key=lambda c: zlib.crc32(f"subset:{c}".encode()))
+        keep = set(ranked[:max_clips])
+        clips = [(d, lab) for d, lab in clips if _clip_id(d, lab) in keep]  # corpus order kept
+    todo = [(d, lab) for d, lab in clips if _clip_id(d, lab) not in done]
 
     def enc(wav: Tensor) -> Tensor:
         return encode_tiled(vae, wav[None]).mode()[0].transpose(0, 1).to(torch.float16)
@@ -247,7 +248,7 @@ def encode_latent_cache(
         rows = []
         shard = f"shard-{shard_no:05d}.safetensors"
         for folder, lab in todo[start : start + clips_per_shard]:
-            cid = lab.get("clip_id", folder.name)
+            cid = _clip_id(folder, lab)
             mix, stems = _clip_audio(folder, lab, vcfg.sampling_rate)
             if mix is None or mix.shape[-1] < vcfg.hop_samples:
                 log.warning("skipping %s: no usable audio", cid)

@@ -402,25 +402,30 @@ def silence_latent(vae: OobleckVAE, seconds: float = SILENCE_SECONDS) -> Tensor:
     return encode_tiled(vae, wav).mode()[0].transpose(0, 1).float()
 
 
-def finalize_vae(
-    checkpoint: str | Path, dest: str | Path, source: AudioSource, *, silence_seconds: float = SILENCE_SECONDS
-) -> Path:
-    """Checkpoint -> normalised, shipped-format VAE folder (`config.json`, diffusers weights, silence
-    latent)."""
+def _trained_vae(checkpoint: Path) -> tuple[OobleckVAE, VAEConfig]:
+    """The VAE of a training checkpoint folder (eval mode) and its config."""
     from safetensors.torch import load_file
 
-    from encore.pipeline.checkpoint import write_safetensors
-    from encore.pipeline.saving import write_vae
-
-    checkpoint = Path(checkpoint)
-    state = _checkpoint_state(checkpoint)
-    vcfg = embedded.vae_config(state["config"]["geometry"])
+    vcfg = embedded.vae_config(_checkpoint_state(checkpoint)["config"]["geometry"])
     vae = OobleckVAE(vcfg).eval()
     load_module_tensors(
         {"vae": vae},
         {k: v for k, v in load_file(str(checkpoint / "model.safetensors")).items() if k.startswith("vae.")},
         str(checkpoint),
     )
+    return vae, vcfg
+
+
+def finalize_vae(
+    checkpoint: str | Path, dest: str | Path, source: AudioSource, *, silence_seconds: float = SILENCE_SECONDS
+) -> Path:
+    """Checkpoint -> normalised, shipped-format VAE folder (`config.json`, diffusers weights, silence
+    latent)."""
+    from encore.pipeline.checkpoint import write_safetensors
+    from encore.pipeline.saving import write_vae
+
+    checkpoint = Path(checkpoint)
+    vae, vcfg = _trained_vae(checkpoint)
     shift, scale = latent_statistics(vae, source)
     absorb_latent_affine(vae, shift, scale)
     dest = Path(dest)
@@ -440,20 +445,11 @@ def refinalize_decoder(checkpoint: str | Path, finalized: str | Path, dest: str 
     affine is recovered from the two encoders' mean heads, and every encoder tensor is checked to match after
     absorbing it; a changed encoder raises `CheckpointError`.
     """
-    from safetensors.torch import load_file
-
     from encore.pipeline.checkpoint import read_safetensors, write_safetensors
     from encore.pipeline.saving import write_vae
 
     checkpoint = Path(checkpoint)
-    state = _checkpoint_state(checkpoint)
-    vcfg = embedded.vae_config(state["config"]["geometry"])
-    vae = OobleckVAE(vcfg).eval()
-    load_module_tensors(
-        {"vae": vae},
-        {k: v for k, v in load_file(str(checkpoint / "model.safetensors")).items() if k.startswith("vae.")},
-        str(checkpoint),
-    )
+    vae, vcfg = _trained_vae(checkpoint)
     final, _, silence = load_vae_checkpoint(finalized)
     d = vcfg.decoder_input_channels
     raw_w, fin_w = vae.encoder.conv2.weight[:d].float(), final.encoder.conv2.weight[:d].float()
