@@ -184,3 +184,42 @@ def test_reconstruction_path_is_differentiable(tiny_vae):
     loss = (vae(wav, sample_posterior=True, generator=torch.Generator().manual_seed(0)) - wav).pow(2).mean()
     loss.backward()
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in vae.parameters())
+
+
+def _layouts(vae: OobleckVAE, rows: bool) -> OobleckVAE:
+    vae.encoder.row_layout = rows
+    vae.decoder.row_layout = rows
+    return vae
+
+
+def test_row_layout_matches_1d_convolutions():
+    """The CPU row layout (2-D channels-last) is the same function as the 1-D path, forward and backward."""
+    torch.manual_seed(0)
+    vae = OobleckVAE(VAEConfig.tiny())
+    with torch.no_grad():
+        for name, p in vae.named_parameters():
+            if name.endswith(("alpha", "beta")):  # non-trivial Snake parameters
+                p.copy_(0.3 * torch.randn(p.shape))
+    wav = 0.3 * torch.randn(2, 2, 3 * vae.config.hop_samples + 17)
+    outputs, grads = [], []
+    for rows in (False, True):
+        _layouts(vae, rows).zero_grad()
+        y = vae(wav)
+        (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+        outputs.append(y.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in vae.parameters()]))
+    assert outputs[1].is_contiguous() and outputs[1].shape == outputs[0].shape
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-4)
+    with torch.inference_mode():  # the in-place Snake path
+        z = torch.randn(1, vae.config.decoder_input_channels, 5)
+        torch.testing.assert_close(_layouts(vae, True).decode(z), _layouts(vae, False).decode(z),
+                                   rtol=1e-4, atol=1e-5)  # fmt: skip
+
+
+def test_row_layout_only_on_cpu():
+    from encore.models.vae import use_rows
+
+    x = torch.zeros(1, 2, 3)
+    assert use_rows(x, True) and not use_rows(x, False)
+    assert not use_rows(torch.zeros(1, 2, 3, device="meta"), True)

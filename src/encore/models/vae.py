@@ -221,10 +221,12 @@ class Snake1d(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: `[B, C, L]` -> `[B, C, L]`."""
+        """x: `[B, C, L]` or the row layout `[B, C, 1, L]` -> same shape."""
         # Same operation order as the reference so fp32 results agree to rounding.
         inv_beta = (torch.exp(self.beta) + 1e-9).reciprocal()
         scale = torch.exp(self.alpha)
+        if x.ndim == 4:
+            inv_beta, scale = inv_beta.unsqueeze(-1), scale.unsqueeze(-1)
         if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
             return x + inv_beta * torch.sin(scale * x).pow(2)
         # Inference: one temporary updated in place instead of four. Bit-identical to the line above and
@@ -234,6 +236,38 @@ class Snake1d(nn.Module):
         t.mul_(t)
         t.mul_(inv_beta)
         return t.add_(x)
+
+
+def to_rows(x: Tensor) -> Tensor:
+    """`[B, C, L]` -> the row layout `[B, C, 1, L]` in channels-last memory (each time step's channels adjacent).
+
+    oneDNN runs these narrow, very long convolutions 4-6x faster as 2-D channels-last convolutions than as
+    `conv1d` (measured on the dev box: 16 channels x 480k samples, k7, 9-11 ms against 52-65 ms), and the
+    embedded VAE's 48 kHz stage is nothing but such convolutions and element-wise Snakes.
+    """
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+def from_rows(x: Tensor) -> Tensor:
+    """The row layout `[B, C, 1, L]` -> contiguous `[B, C, L]`."""
+    return x.squeeze(2).contiguous()
+
+
+def conv(layer: nn.Conv1d | nn.ConvTranspose1d, x: Tensor) -> Tensor:
+    """`layer(x)` for `[B, C, L]` input, the same convolution as a 2-D one for row-layout input."""
+    if x.ndim == 3:
+        return layer(x)
+    weight = layer.weight.unsqueeze(2)
+    stride, padding, dilation = (1, layer.stride[0]), (0, layer.padding[0]), (1, layer.dilation[0])
+    if isinstance(layer, nn.ConvTranspose1d):
+        return F.conv_transpose2d(x, weight, layer.bias, stride, padding, (0, layer.output_padding[0]),
+                                  layer.groups, dilation)  # fmt: skip
+    return F.conv2d(x, weight, layer.bias, stride, padding, dilation, layer.groups)
+
+
+def use_rows(x: Tensor, enabled: bool) -> bool:
+    """Whether a coder runs `x` in the row layout: on the CPU, where oneDNN prefers it."""
+    return enabled and x.device.type == "cpu"
 
 
 class OobleckResidualUnit(nn.Module):
@@ -247,8 +281,8 @@ class OobleckResidualUnit(nn.Module):
         self.conv2 = nn.Conv1d(channels, channels, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: `[B, C, L]` -> `[B, C, L]`."""
-        return x + self.conv2(self.snake2(self.conv1(self.snake1(x))))
+        """x: `[B, C, L]` (or row layout) -> same shape."""
+        return x + conv(self.conv2, self.snake2(conv(self.conv1, self.snake1(x))))
 
 
 def _stride_padding(stride: int) -> int:
@@ -268,9 +302,9 @@ class OobleckEncoderBlock(nn.Module):
                                padding=_stride_padding(stride))
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: `[B, C_in, L]` -> `[B, C_out, L // stride]`."""
+        """x: `[B, C_in, L]` -> `[B, C_out, L // stride]` (or the row-layout equivalents)."""
         x = self.res_unit3(self.res_unit2(self.res_unit1(x)))
-        return self.conv1(self.snake1(x))
+        return conv(self.conv1, self.snake1(x))
 
 
 class OobleckDecoderBlock(nn.Module):
@@ -286,8 +320,8 @@ class OobleckDecoderBlock(nn.Module):
         self.res_unit3 = OobleckResidualUnit(out_channels, dilation=9)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: `[B, C_in, L]` -> `[B, C_out, L * stride]`."""
-        x = self.conv_t1(self.snake1(x))
+        """x: `[B, C_in, L]` -> `[B, C_out, L * stride]` (or the row-layout equivalents)."""
+        x = conv(self.conv_t1, self.snake1(x))
         return self.res_unit3(self.res_unit2(self.res_unit1(x)))
 
 
@@ -306,11 +340,16 @@ class OobleckEncoder(nn.Module):
         self.snake1 = Snake1d(width * multiples[-1])
         self.conv2 = nn.Conv1d(width * multiples[-1], width, kernel_size=3, padding=1)
 
+    row_layout = True
+    """Run in the row layout on the CPU (`to_rows`); False keeps every convolution 1-D."""
+
     def forward(self, wav: Tensor) -> Tensor:
-        x = self.conv1(wav)
+        rows = use_rows(wav, self.row_layout)
+        x = conv(self.conv1, to_rows(wav) if rows else wav)
         for block in self.block:
             x = block(x)
-        return self.conv2(self.snake1(x))
+        x = conv(self.conv2, self.snake1(x))
+        return from_rows(x) if rows else x
 
 
 class OobleckDecoder(nn.Module):
@@ -330,11 +369,16 @@ class OobleckDecoder(nn.Module):
         self.snake1 = Snake1d(width)
         self.conv2 = nn.Conv1d(width, config.audio_channels, kernel_size=7, padding=3, bias=False)
 
+    row_layout = True
+    """Run in the row layout on the CPU (`to_rows`); False keeps every convolution 1-D."""
+
     def forward(self, latents: Tensor) -> Tensor:
-        x = self.conv1(latents)
+        rows = use_rows(latents, self.row_layout)
+        x = conv(self.conv1, to_rows(latents) if rows else latents)
         for block in self.block:
             x = block(x)
-        return self.conv2(self.snake1(x))
+        x = conv(self.conv2, self.snake1(x))
+        return from_rows(x) if rows else x
 
 
 # --------------------------------------------------------------------------- model
