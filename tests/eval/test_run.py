@@ -115,3 +115,48 @@ def test_corpus_features_are_cached_per_manifest(synth_corpus: Path, tmp_path: P
     assert (again == feats).all() and labels_again == labels
     with pytest.raises(AssertionError, match="recomputed"):
         corpus_features(synth_corpus, 6, cache=cache)  # another key
+
+
+class _RoundTrip:
+    """Stands in for a VAE: `encode(...).mode()` keeps the audio (or silences it), `decode` returns it."""
+
+    def __init__(self, lossy: bool) -> None:
+        import torch
+
+        from encore.models.vae import VAEConfig
+
+        self.lossy, self.config = lossy, VAEConfig(sampling_rate=16_000)
+        self._p = torch.nn.Parameter(torch.zeros(1))
+
+    def parameters(self):
+        return iter([self._p])
+
+    def encode(self, wav):
+        import types
+
+        return types.SimpleNamespace(mode=lambda: wav * 0.0 if self.lossy else wav)
+
+    def decode(self, latents):
+        return latents
+
+
+def test_reconstruction_row_scores_renders_through_the_vae(synth_corpus: Path, tmp_path: Path) -> None:
+    import types
+
+    from helpers.eval_synth import RATE, synth_song
+
+    from encore.eval.run import _reconstruction_row, _render_row, build_scorer
+
+    prompts = synth_prompt_set().prompts
+    labels = [types.SimpleNamespace(bpm=p.bpm, keyscale=p.keyscale, tracks=p.tracks) for p in prompts]
+    clips = [types.SimpleNamespace(mix=synth_song(p.bpm, p.keyscale, p.tracks, 5.0, seed=k), labels=lab)
+             for k, (p, lab) in enumerate(zip(prompts, labels))]  # fmt: skip
+    scorer = build_scorer(synth_corpus, tmp_path)
+    rendered, _ = _render_row(prompts, clips, scorer, RATE)
+    kept, _ = _reconstruction_row(_RoundTrip(lossy=False), prompts, clips, scorer, RATE)
+    lost, _ = _reconstruction_row(_RoundTrip(lossy=True), prompts, clips, scorer, RATE)
+    assert [i.key for i in kept] == [i.key for i in rendered] and sum(i.key == "exact" for i in kept) >= 3
+    assert [i.tempo for i in kept] == [i.tempo for i in rendered]
+    assert sum(i.key == "exact" for i in lost) == 0 and sum(i.tempo == "exact" for i in lost) == 0
+    with pytest.raises(InvalidRequest, match="VAE runs at"):
+        _reconstruction_row(_RoundTrip(lossy=False), prompts, clips, scorer, 48_000)

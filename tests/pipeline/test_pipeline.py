@@ -252,3 +252,24 @@ def test_loudness_normalisation_meets_target_and_ceiling(turbo: Pipeline) -> Non
     assert peak <= 10 ** (-1.0 / 20) + 1e-4
     assert measured is not None and (abs(measured + 20.0) < 0.1 or result.params["normalization"][0]["gain"] < 1)
     assert result.params["normalization"][0]["mode"] == "loudness"
+
+
+def test_vae_calls_reuse_the_cpu_heap(turbo: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode and encode run inside `reused_heap` on the CPU (`encore.utils.cpu_memory`), nothing else does."""
+    import contextlib
+
+    from encore.pipeline import pipeline as pipeline_module
+
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def recording():
+        entered.append("in")
+        yield True
+
+    monkeypatch.setattr(pipeline_module, "reused_heap", recording)
+    latents = torch.zeros(1, 5, turbo.vae_config.decoder_input_channels)
+    audio = turbo.decode_latents(latents)
+    assert entered == ["in"] and audio.shape[-1] == 5 * turbo.hop_samples
+    turbo.encode_audio(audio[0], sample=False)
+    assert entered == ["in", "in"]

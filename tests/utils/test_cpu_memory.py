@@ -1,4 +1,4 @@
-"""The CPU heap settings: opt-outs, and that repeated large tensors stop page-faulting once applied."""
+"""`reused_heap`: opt-outs, reuse of large blocks inside a block, and nothing left resident after it."""
 
 from __future__ import annotations
 
@@ -14,27 +14,39 @@ from encore.utils import cpu_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
-# Allocates, touches and frees a 64 MiB tensor 20 times in the main thread (where the CLI and the server's worker
-# processes generate), then in a second thread, and reports the minor page faults of the last 10 of each run:
-# glibc's heap needs a few rounds to hold a free block that fits the aligned request, after which nothing should
-# fault. Other threads allocate from their own arenas, which still map large blocks afresh (documented limit).
+# Minor page faults of allocating, touching and freeing a 64 MiB tensor 10 times (after 10 warm-up rounds: glibc's
+# heap needs a few to hold a free block that fits the aligned request), outside any block, inside one, and inside
+# a nested one after its inner block ended; then the resident memory a 512 MiB tensor leaves after the block.
 _PROBE = """
-import json, resource, threading, torch
-from encore.utils.cpu_memory import tune_cpu_allocator
-applied = tune_cpu_allocator()
-faults = []
-def churn():
+import json, resource, torch
+from encore.utils.cpu_memory import reused_heap
+
+def faults():
     for k in range(20):
         if k == 10:
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t = torch.ones(16 * 1024 * 1024)
         assert float(t[-1]) == 1.0
         del t
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-churn()
-worker = threading.Thread(target=churn)
-worker.start(); worker.join()
-print(json.dumps({"applied": applied, "main": faults[0], "thread": faults[1]}))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+def rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+out = {"outside": faults()}
+with reused_heap() as applied:
+    out["applied"] = applied
+    out["inside"] = faults()
+    with reused_heap():
+        pass
+    out["after_inner"] = faults()
+before = rss_mib()
+with reused_heap():
+    big = torch.ones(128 * 1024 * 1024)
+    del big
+out["kept_mib"] = rss_mib() - before
+print(json.dumps(out))
 """
 
 
@@ -46,10 +58,12 @@ def _probe(**env: str) -> dict:
 
 
 @pytest.fixture
-def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpu_memory, "_state", None)
+def fresh(monkeypatch: pytest.MonkeyPatch):
+    cpu_memory._glibc.cache_clear()
     for name in ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", cpu_memory.ENV_VAR):
         monkeypatch.delenv(name, raising=False)
+    yield
+    cpu_memory._glibc.cache_clear()
 
 
 @pytest.mark.parametrize("env", [{"ENCORE_CPU_ALLOCATOR": "system"}, {"MALLOC_TRIM_THRESHOLD_": "0"},
@@ -57,17 +71,19 @@ def fresh(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_opt_outs_change_nothing(fresh: None, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert cpu_memory.tune_cpu_allocator() is False
-    monkeypatch.delenv(next(iter(env)))
-    assert cpu_memory.tune_cpu_allocator() is False, "the first answer holds for the whole process"
+    with cpu_memory.reused_heap() as applied:
+        assert applied is False
+    assert cpu_memory.heap_reuse_available() is False
 
 
 @pytest.mark.skipif(not GLIBC, reason="the settings exist only in glibc")
-def test_large_tensors_reuse_heap_pages() -> None:
-    default = _probe(ENCORE_CPU_ALLOCATOR="system")
-    tuned = _probe()
-    assert default["applied"] is False and tuned["applied"] is True
+def test_large_blocks_are_reused_inside_and_returned_after() -> None:
     pages = 10 * 64 * 1024 * 1024 // 4096
-    assert default["main"] > 0.8 * pages, default  # every allocation faults in fresh pages
-    assert tuned["main"] < 0.05 * pages, tuned  # warm heap blocks are reused
-    assert tuned["thread"] > 0, tuned  # the probe ran there too, with correct values
+    tuned = _probe()
+    assert tuned["applied"] is True
+    assert tuned["outside"] > 0.8 * pages, tuned  # default glibc: every allocation faults in fresh pages
+    assert tuned["inside"] < 0.05 * pages, tuned  # warm heap blocks are reused
+    assert tuned["after_inner"] < 0.05 * pages, tuned  # an inner block does not end the outer one's settings
+    assert tuned["kept_mib"] < 64, tuned  # the 512 MiB went back to the kernel when the block ended
+    opted_out = _probe(ENCORE_CPU_ALLOCATOR="system")
+    assert opted_out["applied"] is False and opted_out["inside"] > 0.8 * pages, opted_out

@@ -55,7 +55,7 @@ class SystemMetrics:
 
     name: str
     role: str
-    """``"ceiling"`` (renders), ``"model"`` or ``"floor"`` (random weights)."""
+    """``"ceiling"`` (renders), ``"autoencoder"`` (renders through the VAE), ``"model"`` or ``"floor"``."""
     num_items: int
     tempo: dict[str, float]
     key: dict[str, float]
@@ -141,7 +141,7 @@ def _num(x: float | None, fmt: str) -> str:
     return "–" if x is None else format(x, fmt)
 
 
-_ROLE_LABEL = {"ceiling": " (ceiling)", "floor": " (floor)", "model": ""}
+_ROLE_LABEL = {"ceiling": " (ceiling)", "autoencoder": " (VAE ceiling)", "floor": " (floor)", "model": ""}
 
 
 @dataclass

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 PipelineFactory = Callable[[str], Any]
 """Maps a variant name (``"base"``, ``"turbo"``, ``"random"``, ...) to a loaded `Pipeline`."""
 RENDERS = "renders"
+RECONSTRUCTION = "vae-recon"
+"""The renders after an encode/decode round trip through the evaluated model's VAE."""
 VALIDATION_EVERY = 5
 """Corpus clips with ``index % 5 == 0`` are held out from probe training (probe validation + FD reference)."""
 MIN_REFERENCE = 8
@@ -175,9 +177,8 @@ def build_scorer(corpus_dir: str | Path, out_dir: Path, *, probe_path: str | Pat
 # --------------------------------------------------------------------------------------------- rows
 
 
-def _render_row(prompt_set: PromptSet, prompts: Sequence[EvalPrompt], scorer: _Scorer,
-                duration_s: float | None) -> tuple[list[ItemResult], np.ndarray]:  # fmt: skip
-    """Render each prompt's held-out clip and score it against its own labels (flags prompts gone stale)."""
+def _render_clips(prompt_set: PromptSet, prompts: Sequence[EvalPrompt], duration_s: float | None) -> list[Any]:
+    """Each prompt's held-out clip (`encore.data.corpus.Clip`), rendered from the prompt set's seed."""
     from encore.data.corpus import generate_clip
 
     cfg = (
@@ -185,16 +186,42 @@ def _render_row(prompt_set: PromptSet, prompts: Sequence[EvalPrompt], scorer: _S
         if duration_s is None
         else dataclasses.replace(prompt_set.config, clip_seconds=duration_s)
     )
+    return [generate_clip(prompt_set.seed, prompt.index, cfg) for prompt in prompts]
+
+
+def _render_row(prompts: Sequence[EvalPrompt], clips: Sequence[Any], scorer: _Scorer,
+                sample_rate: int) -> tuple[list[ItemResult], np.ndarray]:  # fmt: skip
+    """Score each prompt's rendered clip against its own labels (flags prompts gone stale)."""
     items, embs = [], []
-    for prompt in prompts:
-        clip = generate_clip(prompt_set.seed, prompt.index, cfg)
-        item, emb = scorer.score(prompt.id, clip.mix, cfg.sample_rate, clip.labels)
+    for prompt, clip in zip(prompts, clips, strict=True):
+        item, emb = scorer.score(prompt.id, clip.mix, sample_rate, clip.labels)
         lab = clip.labels
         item.stale = (lab.bpm, lab.keyscale, tuple(lab.tracks)) != (
             prompt.bpm,
             prompt.keyscale,
             prompt.tracks,
         )
+        items.append(item)
+        embs.append(emb)
+    return items, np.stack(embs)
+
+
+def _reconstruction_row(vae: Any, prompts: Sequence[EvalPrompt], clips: Sequence[Any], scorer: _Scorer,
+                        sample_rate: int) -> tuple[list[ItemResult], np.ndarray]:  # fmt: skip
+    """Score each rendered clip after a round trip through the model's VAE (posterior mean): the best any DiT
+    decoding through this VAE can do, which separates the autoencoder's losses from the generator's."""
+    import torch
+
+    if sample_rate != vae.config.sampling_rate:
+        raise InvalidRequest("prompts", f"renders are {sample_rate} Hz but the VAE runs at "
+                                        f"{vae.config.sampling_rate} Hz")  # fmt: skip
+    device = next(vae.parameters()).device
+    items, embs = [], []
+    for prompt, clip in zip(prompts, clips, strict=True):
+        wav = torch.from_numpy(np.ascontiguousarray(clip.mix, dtype=np.float32))[None].to(device)
+        with torch.inference_mode():
+            audio = vae.decode(vae.encode(wav).mode())[0].float().cpu().numpy()
+        item, emb = scorer.score(prompt.id, audio, sample_rate, clip.labels)
         items.append(item)
         embs.append(emb)
     return items, np.stack(embs)
@@ -260,7 +287,8 @@ def run_eval(pipeline_factory: PipelineFactory, *, prompts: PromptSet, corpus_di
              out_dir: str | Path, systems: Sequence[SystemSpec] = DEFAULT_SYSTEMS, include_renders: bool = True,
              probe_path: str | Path | None = None, probe_config: ProbeConfig | None = None,
              limit: int | None = None, duration_s: float | None = None, seed: int = 0,
-             save_audio: bool = False, max_corpus_clips: int | None = None) -> EvalReport:  # fmt: skip
+             save_audio: bool = False, max_corpus_clips: int | None = None,
+             include_reconstruction: bool = True) -> EvalReport:  # fmt: skip
     """Evaluate every system on the prompt set and write ``eval.json`` and ``eval.md`` into `out_dir`.
 
     Args:
@@ -277,6 +305,8 @@ def run_eval(pipeline_factory: PipelineFactory, *, prompts: PromptSet, corpus_di
         seed: Generation seed of prompt 0 (prompt k uses seed + k), identical for every system.
         save_audio: Keep each generated clip as FLAC under ``out_dir/audio/<system>/``.
         max_corpus_clips: Read only the first clips of the corpus.
+        include_reconstruction: With the renders, add the autoencoder row: the renders through the VAE of the
+            first non-floor system (the ceiling for anything decoded by that VAE).
 
     Raises:
         InvalidRequest: the corpus uses the prompt set's held-out seed, or bad arguments.
@@ -291,8 +321,15 @@ def run_eval(pipeline_factory: PipelineFactory, *, prompts: PromptSet, corpus_di
                           max_clips=max_corpus_clips)  # fmt: skip
     rows: list[SystemMetrics] = []
     if include_renders:
-        items, embs = _render_row(prompts, chosen, scorer, duration_s)
+        clips, rate = _render_clips(prompts, chosen, duration_s), prompts.config.sample_rate
+        items, embs = _render_row(chosen, clips, scorer, rate)
         rows.append(summarise(RENDERS, "ceiling", items, _frechet(embs, scorer.reference)))
+        models = [spec for spec in systems if not spec.is_floor]
+        if include_reconstruction and models:
+            vae = pipeline_factory(models[0].variant).components.vae
+            items, embs = _reconstruction_row(vae, chosen, clips, scorer, rate)
+            rows.append(summarise(RECONSTRUCTION, "autoencoder", items, _frechet(embs, scorer.reference)))
+            del vae, clips
     for spec in systems:
         items, embs = _system_row(pipeline_factory, spec, chosen, scorer, seed=seed, duration_s=duration_s,
                                   audio_dir=out / "audio" if save_audio else None)  # fmt: skip

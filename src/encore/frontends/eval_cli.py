@@ -47,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"Rows to evaluate (default: {' '.join(DEFAULT_SYSTEMS)}).",
     )
     p.add_argument("--no-renders", action="store_true", help="Skip the ceiling row (needs FluidSynth).")
+    p.add_argument(
+        "--no-reconstruction",
+        action="store_true",
+        help="Skip the VAE-ceiling row (the renders through the model's VAE).",
+    )
     p.add_argument("--probe", type=Path, default=None, help="Saved probe to use instead of training one.")
     p.add_argument("--limit", type=int, default=None, help="Only the first N prompts (quick check).")
     p.add_argument(
@@ -122,7 +127,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
     report = run_eval(_factory(args, checkpoint), prompts=load_prompt_set(args.prompts), corpus_dir=args.corpus,
                       out_dir=args.out, systems=systems, include_renders=not args.no_renders,
                       probe_path=args.probe, limit=args.limit, duration_s=args.duration, seed=args.seed,
-                      save_audio=args.save_audio, max_corpus_clips=args.max_corpus_clips)  # fmt: skip
+                      save_audio=args.save_audio, max_corpus_clips=args.max_corpus_clips,
+                      include_reconstruction=not args.no_reconstruction)  # fmt: skip
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:

@@ -46,7 +46,6 @@ from encore.pipeline.presets import (
     get_preset,
     preset_for_dit_dir,
 )
-from encore.utils.cpu_memory import tune_cpu_allocator
 
 if TYPE_CHECKING:
     from transformers import BertConfig, PretrainedConfig, PreTrainedTokenizerBase, Qwen3Config
@@ -579,8 +578,6 @@ def load_components(
         ValueError: bad `device`/`dtype` argument.
     """
     dev = resolve_device(device)
-    if dev.type == "cpu":
-        tune_cpu_allocator()  # large activations reuse heap pages instead of faulting fresh ones (cpu_memory.py)
     dt = resolve_dtype(dtype, dev)
     vdt = resolve_dtype(vae_dtype, dev) if vae_dtype is not None else dt
     paths = resolve_checkpoint(path_or_preset, checkpoint_root=checkpoint_root, variant=variant)

@@ -14,7 +14,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from encore.sampling import guidance, schedules, solvers
 from encore.tasks import conditioning as tc
 from encore.tasks import prompts
 from encore.tasks.spec import Complete, Cover, Extend, Extract, Lego, Repaint, Text2Music
+from encore.utils.cpu_memory import reused_heap
 
 log = logging.getLogger(__name__)
 
@@ -445,7 +446,8 @@ class Pipeline:
         from encore.audio.tiling import encode_tiled
 
         wav = audio[None] if audio.dim() == 2 else audio
-        posterior = encode_tiled(self.vae, wav.to(device=self.device, dtype=self.vae.dtype))
+        with self._cpu_heap():
+            posterior = encode_tiled(self.vae, wav.to(device=self.device, dtype=self.vae.dtype))
         latents = posterior.sample(generator) if sample else posterior.mode()
         return latents.transpose(1, 2).to(self.dtype)
 
@@ -660,8 +662,17 @@ class Pipeline:
         """Latents `[B, T, C]` -> waveform `[B, 2, T * hop]` float32, with the official 512/64 tiled decode."""
         from encore.audio.tiling import decode_tiled
 
-        audio = decode_tiled(self.vae, latents.transpose(1, 2).to(self.vae.dtype), on_tile=on_tile)
+        with self._cpu_heap():
+            audio = decode_tiled(self.vae, latents.transpose(1, 2).to(self.vae.dtype), on_tile=on_tile)
         return audio.float()
+
+    def _cpu_heap(self) -> AbstractContextManager[Any]:
+        """On the CPU, VAE activations reuse freed heap memory within the call (`encore.utils.cpu_memory`).
+
+        Only around the VAE: scoped over a whole generation the freed DiT blocks stayed resident next to the
+        VAE's (peak RSS +1 GB in `make bench` at 10 s) for no measurable sampling gain.
+        """
+        return reused_heap() if self.device.type == "cpu" else nullcontext()
 
     # ----------------------------------------------------------------------------- stage 6: finish
     def _finish_audio(self, run: _Run, inputs: _Inputs, cond: tc.Conditioning, audio: Tensor) -> Tensor:

@@ -1,76 +1,96 @@
-"""Keep freed CPU memory in the process heap instead of handing it back to the kernel after every tensor.
+"""Let the VAE reuse freed CPU memory within a call instead of page-faulting fresh memory for every tensor.
 
 glibc serves every allocation above its mmap threshold (128 KiB, adapting up to 32 MiB) with a fresh `mmap`
-and unmaps it on free. A VAE decode allocates and frees activations of 30-200 MB dozens of times per call, so
-the kernel zero-fills and page-faults every one of them again: measured on the 2-core dev box, 10 s of
-embedded-model audio decoded in 0.41 s with the default and 0.29 s tuned, 60 s in 4.3 s and 1.8 s.
-`mallopt(M_MMAP_MAX, 0)` makes glibc carve large blocks from the heap, and a high `M_TRIM_THRESHOLD` keeps the
-freed top of the heap mapped for the next call. The cost: the process keeps its peak heap resident
-(measured +22 % peak RSS on the 60 s decode) until it exits, and the heap needs a few calls to hold free blocks
-that fit (glibc pads aligned requests). It helps allocations from the main thread, where the CLI and the
-server's worker processes generate; other threads allocate from their own arenas, which still map large blocks
-afresh.
+and unmaps it on free. A VAE decode allocates and frees activations of 30-500 MB dozens of times, so the kernel
+zero-fills and faults every one of them in again. Inside `reused_heap()` glibc carves large blocks from the heap
+(`M_MMAP_MAX` 0) and keeps the freed ones (`M_TRIM_THRESHOLD` at its maximum); on leaving the outermost block the
+defaults come back and `malloc_trim(0)` returns the free pages, so nothing stays resident between calls.
+Measured on the 2-core dev box (fp32, 2 threads): the embedded model's 10 s decode 0.41 s -> 0.29 s, 60 s
+4.3 s -> 1.8 s.
 
-Only glibc on Linux; elsewhere (musl, macOS, Windows) this is a no-op. Opt out with `ENCORE_CPU_ALLOCATOR=system`;
-a user who set glibc's own `MALLOC_MMAP_MAX_` / `MALLOC_TRIM_THRESHOLD_` variables keeps their values.
+glibc on Linux only; elsewhere (musl, macOS, Windows) the block changes nothing. Opt out with
+`ENCORE_CPU_ALLOCATOR=system`; a user who set glibc's own `MALLOC_MMAP_MAX_` / `MALLOC_TRIM_THRESHOLD_`
+variables keeps them. The settings are process-wide, so other threads allocating during a block reuse the heap
+too (harmless); allocations from threads other than the main one come from their own arenas, which keep
+mapping large blocks afresh.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import platform
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 ENV_VAR = "ENCORE_CPU_ALLOCATOR"
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-TRIM_THRESHOLD_BYTES = 2**31 - 1
-"""Free heap kept mapped (the largest value `mallopt` takes): the peak stays reusable."""
+_KEEP_FREED = 2**31 - 1
+"""Trim threshold inside a block: the largest value `mallopt` takes."""
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+_DEFAULT_MMAP_MAX = 65536
+"""glibc's defaults, restored on leaving the outermost block."""
 
 _lock = threading.Lock()
-_state: bool | None = None
+_depth = 0
 
 
-def tune_cpu_allocator() -> bool:
-    """Applies the heap settings once per process; returns whether they are in effect.
-
-    Safe to call from any thread and any number of times. Returns False (and changes nothing) when opted
-    out, when glibc's own environment variables already decide, or on a C library other than glibc.
-    """
-    global _state
-    with _lock:
-        if _state is not None:
-            return _state
-        _state = _apply()
-        return _state
-
-
-def _apply() -> bool:
+@functools.cache
+def _glibc() -> Any | None:
+    """The C library when the heap settings may be changed, else None (decided once per process)."""
     choice = os.environ.get(ENV_VAR, "heap").strip().lower()
     if choice not in ("heap", "system"):
         log.warning("%s=%r is not 'heap' or 'system'; leaving the allocator alone", ENV_VAR, choice)
-        return False
-    if choice == "system":
-        return False
-    if "MALLOC_MMAP_MAX_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
-        return False
+        return None
+    if choice == "system" or "MALLOC_MMAP_MAX_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return None
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
+        return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+        libc.mallopt.restype = ctypes.c_int
+        libc.malloc_trim.argtypes = (ctypes.c_size_t,)
+        libc.malloc_trim.restype = ctypes.c_int
     except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    # Trim first: if the second call failed, the heap would still return memory as before.
-    ok = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
-    ok = ok and mallopt(_M_MMAP_MAX, 0) == 1
-    if not ok:
-        log.warning("glibc mallopt refused the heap settings; CPU decode keeps the default allocator")
-    return ok
+        return None
+    return libc
+
+
+def heap_reuse_available() -> bool:
+    """Whether `reused_heap()` changes anything in this process."""
+    return _glibc() is not None
+
+
+@contextmanager
+def reused_heap() -> Iterator[bool]:
+    """Within the block, large CPU allocations reuse freed heap memory; yields whether the settings apply.
+
+    Re-entrant and thread-safe: only the outermost block changes and restores the settings.
+    """
+    global _depth
+    libc = _glibc()
+    if libc is None:
+        yield False
+        return
+    with _lock:
+        _depth += 1
+        if _depth == 1 and not (libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED) and libc.mallopt(_M_MMAP_MAX, 0)):
+            log.warning("glibc mallopt refused the heap settings; large blocks are mapped as usual")
+    try:
+        yield True
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+                libc.malloc_trim(0)
