@@ -483,7 +483,9 @@ def build_official_router(service: JobService) -> APIRouter:
             raise ApiError(404, "not_found", "no such file")
         return FileResponse(file, media_type=media, filename=f"{job.id}-{file.name}")
 
-    @router.post("/v1/chat/completions", responses=WAIT_RESPONSES,
+    @router.post("/v1/chat/completions", responses={**WAIT_RESPONSES, 200: {
+                     "content": {"text/event-stream": {}},
+                     "description": "The completion as JSON, or with `stream: true` as server-sent chunk events."}},
                  summary="OpenRouter-style music generation (non-streaming or SSE).")
     async def chat_completions(request: Request, body: ChatCompletionBody) -> Any:
         return await _chat(service, request, body)
