@@ -118,26 +118,20 @@ def test_corpus_features_are_cached_per_manifest(synth_corpus: Path, tmp_path: P
 
 
 class _RoundTrip:
-    """Stands in for a VAE: `encode(...).mode()` keeps the audio (or silences it), `decode` returns it."""
+    """Stands in for a pipeline's VAE calls: `encode_audio` keeps the audio (or silences it) as `[B, S, C]`
+    "latents", `decode_latents` turns them back into `[B, C, S]`."""
+
+    sample_rate = 16_000
 
     def __init__(self, lossy: bool) -> None:
-        import torch
+        self.lossy = lossy
 
-        from encore.models.vae import VAEConfig
+    def encode_audio(self, audio, *, sample: bool = True):
+        assert audio.dim() == 2 and not sample
+        return (audio * 0.0 if self.lossy else audio)[None].transpose(1, 2)
 
-        self.lossy, self.config = lossy, VAEConfig(sampling_rate=16_000)
-        self._p = torch.nn.Parameter(torch.zeros(1))
-
-    def parameters(self):
-        return iter([self._p])
-
-    def encode(self, wav):
-        import types
-
-        return types.SimpleNamespace(mode=lambda: wav * 0.0 if self.lossy else wav)
-
-    def decode(self, latents):
-        return latents
+    def decode_latents(self, latents):
+        return latents.transpose(1, 2).float()
 
 
 def test_reconstruction_row_scores_renders_through_the_vae(synth_corpus: Path, tmp_path: Path) -> None:

@@ -206,21 +206,21 @@ def _render_row(prompts: Sequence[EvalPrompt], clips: Sequence[Any], scorer: _Sc
     return items, np.stack(embs)
 
 
-def _reconstruction_row(vae: Any, prompts: Sequence[EvalPrompt], clips: Sequence[Any], scorer: _Scorer,
+def _reconstruction_row(pipeline: Any, prompts: Sequence[EvalPrompt], clips: Sequence[Any], scorer: _Scorer,
                         sample_rate: int) -> tuple[list[ItemResult], np.ndarray]:  # fmt: skip
-    """Score each rendered clip after a round trip through the model's VAE (posterior mean): the best any DiT
-    decoding through this VAE can do, which separates the autoencoder's losses from the generator's."""
+    """Score each rendered clip after a round trip through the pipeline's VAE (posterior mean, the same tiled
+    encode and decode generation uses): the best any DiT decoding through this VAE can do, which separates the
+    autoencoder's losses from the generator's."""
     import torch
 
-    if sample_rate != vae.config.sampling_rate:
+    if sample_rate != pipeline.sample_rate:
         raise InvalidRequest("prompts", f"renders are {sample_rate} Hz but the VAE runs at "
-                                        f"{vae.config.sampling_rate} Hz")  # fmt: skip
-    device = next(vae.parameters()).device
+                                        f"{pipeline.sample_rate} Hz")  # fmt: skip
     items, embs = [], []
     for prompt, clip in zip(prompts, clips, strict=True):
-        wav = torch.from_numpy(np.ascontiguousarray(clip.mix, dtype=np.float32))[None].to(device)
+        wav = torch.from_numpy(np.ascontiguousarray(clip.mix, dtype=np.float32))
         with torch.inference_mode():
-            audio = vae.decode(vae.encode(wav).mode())[0].float().cpu().numpy()
+            audio = pipeline.decode_latents(pipeline.encode_audio(wav, sample=False))[0].numpy()
         item, emb = scorer.score(prompt.id, audio, sample_rate, clip.labels)
         items.append(item)
         embs.append(emb)
@@ -326,10 +326,10 @@ def run_eval(pipeline_factory: PipelineFactory, *, prompts: PromptSet, corpus_di
         rows.append(summarise(RENDERS, "ceiling", items, _frechet(embs, scorer.reference)))
         models = [spec for spec in systems if not spec.is_floor]
         if include_reconstruction and models:
-            vae = pipeline_factory(models[0].variant).components.vae
-            items, embs = _reconstruction_row(vae, chosen, clips, scorer, rate)
+            pipeline = pipeline_factory(models[0].variant)
+            items, embs = _reconstruction_row(pipeline, chosen, clips, scorer, rate)
             rows.append(summarise(RECONSTRUCTION, "autoencoder", items, _frechet(embs, scorer.reference)))
-            del vae, clips
+            del pipeline, clips
     for spec in systems:
         items, embs = _system_row(pipeline_factory, spec, chosen, scorer, seed=seed, duration_s=duration_s,
                                   audio_dir=out / "audio" if save_audio else None)  # fmt: skip

@@ -41,6 +41,8 @@ _DEFAULT_MMAP_MAX = 65536
 
 _lock = threading.Lock()
 _depth = 0
+_applied = False
+"""Whether the outermost open block's settings took (what every nested block yields)."""
 
 
 @functools.cache
@@ -76,17 +78,20 @@ def reused_heap() -> Iterator[bool]:
 
     Re-entrant and thread-safe: only the outermost block changes and restores the settings.
     """
-    global _depth
+    global _depth, _applied
     libc = _glibc()
     if libc is None:
         yield False
         return
     with _lock:
         _depth += 1
-        if _depth == 1 and not (libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED) and libc.mallopt(_M_MMAP_MAX, 0)):
-            log.warning("glibc mallopt refused the heap settings; large blocks are mapped as usual")
+        if _depth == 1:
+            _applied = bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED) and libc.mallopt(_M_MMAP_MAX, 0))
+            if not _applied:
+                log.warning("glibc mallopt refused the heap settings; large blocks are mapped as usual")
+        applied = _applied
     try:
-        yield True
+        yield applied
     finally:
         with _lock:
             _depth -= 1
