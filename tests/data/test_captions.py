@@ -52,3 +52,14 @@ def test_instrument_words_lead_first_drums_last_and_solo():
 
 def test_tempo_words_are_monotone_buckets():
     assert tempo_words(60)[0] == "slow" and tempo_words(170)[0] == "fast"
+
+
+def test_retime_caption_rewrites_number_and_tempo_word():
+    from encore.data.captions import retime_caption
+
+    text = "A moody, brisk western swing track; 4/4 time, G minor, 157 BPM"
+    assert retime_caption(text, 157, 120) == "A moody, groovy western swing track; 4/4 time, G minor, 120 BPM"
+    assert retime_caption("Brisk and dark, 161 bpm, 1610 BPM", 161, 140) == "Driving and dark, 140 bpm, 1610 BPM"
+    assert retime_caption("mid-tempo folk, 90 bpm", 90, 70) == "laid-back folk, 70 bpm"
+    assert retime_caption("slow air, 70 BPM", 70, 72) == "slow air, 72 BPM"  # same bin: word kept
+    assert retime_caption("folk in G major", 100, 120) == "folk in G major"

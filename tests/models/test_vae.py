@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from encore.models.vae import DiagonalGaussian, OobleckVAE, Snake1d, VAEConfig
+from encore.models.vae import DiagonalGaussian, OobleckVAE, Snake1d, VAEConfig, balance_upsampling_
 
 OFFICIAL_CONFIG = {  # SPEC §1.3, as shipped in `vae/config.json` (plus generic diffusers keys)
     "_class_name": "AutoencoderOobleck", "_diffusers_version": "0.30.0", "audio_channels": 2,
@@ -223,3 +223,39 @@ def test_row_layout_only_on_cpu():
     x = torch.zeros(1, 2, 3)
     assert use_rows(x, True) and not use_rows(x, False)
     assert not use_rows(torch.zeros(1, 2, 3, device="meta"), True)
+
+
+def _frame_periodic_energy(vae: OobleckVAE, frames: int = 48) -> float:
+    """Std over time of the decoder's output for a constant latent, away from the zero-padded ends, relative
+    to its mean level: 0 for a decoder free of upsampling artefacts."""
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(1, vae.config.decoder_input_channels, 1, generator=gen).expand(-1, -1, frames)
+    with torch.no_grad():
+        out = vae.decode(z.contiguous())[0]
+    hop = vae.config.hop_samples
+    middle = out[:, 16 * hop : (frames - 16) * hop]
+    return float(middle.std(dim=-1).mean() / middle.abs().mean().clamp_min(1e-12))
+
+
+def test_balanced_upsampling_removes_the_frame_rate_artefact():
+    gen = torch.Generator().manual_seed(3)
+    vae = OobleckVAE(VAEConfig.tiny()).eval()
+    with torch.no_grad():
+        for name, p in vae.decoder.named_parameters():
+            if name.endswith(("alpha", "beta")):
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+    before = _frame_periodic_energy(vae)
+    assert before > 0.05  # a random decoder buzzes at the frame rate for a constant latent
+    weights = {n: p.clone() for n, p in vae.decoder.named_parameters()}
+    assert balance_upsampling_(vae.decoder) > 0
+    after = _frame_periodic_energy(vae)
+    assert after < 1e-4 * before, (before, after)
+    assert balance_upsampling_(vae.decoder) < 1e-6  # a projection: idempotent
+    for name, p in vae.decoder.named_parameters():  # only the transposed convs move
+        if "conv_t1.weight" not in name:
+            assert torch.equal(p, weights[name]), name
+        else:  # and each output phase keeps the kernel's mean gain
+            s = p.shape[-1] // 2
+            assert torch.allclose(p.sum(-1), weights[name].sum(-1), atol=1e-5)
+            sums = p[..., :s] + p[..., s:]
+            assert torch.allclose(sums, sums[..., :1].expand_as(sums), atol=1e-6)

@@ -4,14 +4,17 @@ and the latent cache round-trips through `encode_latent_cache`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 import torch
 from helpers.tiny_training import finalized_tiny_vae
 
+from encore.errors import InvalidRequest
 from encore.models.acestep import AceStepModel
 from encore.tasks import prompts
 from encore.training import embedded
@@ -23,10 +26,12 @@ from encore.training.recipes.dit import (
     LatentCache,
     TextStates,
     build_item,
+    drop_outliers,
     encode_conditions,
     encode_latent_cache,
     load_dit_checkpoint,
     straight_through_hints,
+    stretch_tempo,
 )
 
 D = 8
@@ -89,21 +94,22 @@ def test_loss_decreases(tmp_path: Path) -> None:
     assert len(read_loss_log(tmp_path)) == 8
 
 
-def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [{}, {"tempo_stretch": 0.5, "max_latent_std": 10.0}])
+def test_resume_equals_uninterrupted(tmp_path: Path, extra: dict) -> None:
     cache = make_cache()
     full = DiTRecipe(
-        _config(tmp_path / "full", max_steps=4, warmup_steps=2, lr_schedule="cosine"), cache=cache
+        _config(tmp_path / "full", max_steps=4, warmup_steps=2, lr_schedule="cosine", **extra), cache=cache
     )
     full.setup()
     full_rows = full.train()
     first = DiTRecipe(
-        _config(tmp_path / "split", max_steps=2, warmup_steps=2, lr_schedule="cosine"), cache=cache
+        _config(tmp_path / "split", max_steps=2, warmup_steps=2, lr_schedule="cosine", **extra), cache=cache
     )
     first.setup()
     first.train()
     # max_steps is part of the cosine schedule: resume with the full run's value
     second = DiTRecipe(
-        _config(tmp_path / "split", max_steps=4, warmup_steps=2, lr_schedule="cosine"), cache=cache
+        _config(tmp_path / "split", max_steps=4, warmup_steps=2, lr_schedule="cosine", **extra), cache=cache
     )
     second.setup()
     assert second.step == 2
@@ -253,3 +259,57 @@ def test_latent_cache_round_trip(tmp_path: Path) -> None:
     assert len(first) == 1 and sorted(both) == ["clip_000000", "clip_000001"]
     full = {c.clip_id: c.mix for c in cache.clips}
     assert torch.equal(LatentCache.load(sub).clips[both.index(first[0])].mix, full[first[0]])
+
+
+def test_stretch_tempo_resamples_every_latent_and_rewrites_the_labels() -> None:
+    ramp = torch.arange(40.0)[:, None].expand(40, D)
+    clip = CachedClip(
+        clip_id="c",
+        mix=ramp,
+        stems={"bass": ramp + 100},
+        without={"bass": ramp + 200},
+        labels={"bpm": 100, "caption": "steady folk, 100 BPM", "captions": ["folk, 100 bpm", "folk"]},
+    )
+    faster = stretch_tempo(clip, 130)
+    assert faster.num_frames == 31 and faster.labels["bpm"] == 130
+    index = faster.mix[:, 0]
+    assert torch.all(index[1:] > index[:-1]) and index[-1] == 39  # frames dropped, order kept, end reached
+    assert torch.equal(faster.stems["bass"], faster.mix + 100) and torch.equal(faster.without["bass"], faster.mix + 200)
+    assert faster.labels["caption"] == "lively folk, 130 BPM"  # the tempo word follows the new bin
+    assert faster.labels["captions"] == ["folk, 130 bpm", "folk"]
+    slower = stretch_tempo(clip, 80)
+    assert slower.num_frames == 50
+    steps = slower.mix[1:, 0] - slower.mix[:-1, 0]
+    assert set(steps.tolist()) == {0.0, 1.0}  # frames repeated, never blended
+    assert clip.labels["bpm"] == 100 and clip.num_frames == 40  # the cached clip is untouched
+
+
+def test_tempo_augmentation_keeps_metas_and_caption_in_step() -> None:
+    cache = make_cache()
+    clip = dataclasses.replace(cache.clips[0], labels={**cache.clips[0].labels, "caption": "folk, 100 BPM",
+                                                       "captions": []})  # fmt: skip
+    cfg = DiTTrainConfig(output_dir="unused", geometry="tiny", text_encoder="tiny", crop_frames=40,
+                         tempo_stretch=1.0, tempo_stretch_max=1.25, meta_dropout=0.0)  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(24):
+        item = build_item(clip, cache, cfg, gen)
+        bpm = int(item.caption_prompt.split("- bpm: ")[1].split()[0])
+        assert 80 <= bpm <= 125 and f"folk, {bpm} BPM" in item.caption_prompt
+        seen.add(bpm)
+    assert len(seen) > 5  # re-timed to many tempos, not just the label's 100
+    plain = DiTTrainConfig(output_dir="unused", geometry="tiny", text_encoder="tiny", crop_frames=40,
+                           meta_dropout=0.0)  # fmt: skip
+    item = build_item(clip, cache, plain, torch.Generator().manual_seed(0))
+    assert "- bpm: 100" in item.caption_prompt and "folk, 100 BPM" in item.caption_prompt
+
+
+def test_drop_outliers_removes_only_blown_up_clips() -> None:
+    cache = make_cache()
+    loud = dataclasses.replace(cache.clips[1], mix=cache.clips[1].mix * 50)
+    cache = dataclasses.replace(cache, clips=[cache.clips[0], loud, cache.clips[2]])
+    kept = drop_outliers(cache, 5.0)
+    assert [c.clip_id for c in kept.clips] == ["c0", "c2"]
+    assert drop_outliers(cache, None) is cache
+    with pytest.raises(InvalidRequest, match="max_latent_std"):
+        drop_outliers(cache, 1e-6)

@@ -3,12 +3,13 @@ Muon updates the conv weights through their matrix views, and the latent affine 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
 
-from encore.models.vae import OobleckVAE
+from encore.models.vae import OobleckVAE, balance_upsampling_
 from encore.training import embedded
 from encore.training.recipes.base import read_loss_log
 from encore.training.recipes.vae import (
@@ -104,6 +105,34 @@ def test_resume_equals_uninterrupted_through_all_phases(tmp_path: Path) -> None:
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert [r["step"] for r in read_loss_log(tmp_path / "split")] == [1, 2, 3, 4, 5]
+
+
+def _imbalance(recipe: VAERecipe) -> float:
+    return balance_upsampling_(copy.deepcopy(recipe.vae.decoder))  # measured on a copy: no side effect
+
+
+def test_balanced_upsampling_holds_through_training_and_resume(tmp_path: Path) -> None:
+    source = TensorAudioSource([_tone(0.6, 220.0), _tone(0.5, 440.0, seed=2)])
+    kw = {"crop_seconds": 0.2, "fft_sizes": (128, 64, 32), "final_phase_start_step": 0, "adversarial_start_step": 0,
+          "disc_fft_sizes": (64,), "balanced_upsampling": True, "learning_rate": 1e-2}  # fmt: skip
+    full = VAERecipe(_config(tmp_path / "full", max_steps=4, **kw), source=source)
+    full.setup()
+    assert _imbalance(full) < 1e-6  # projected at build
+    before = {n: p.detach().clone() for n, p in full.vae.decoder.named_parameters()}
+    rows = full.train()
+    assert all(r["phase"] == 2.0 for r in rows)
+    assert _imbalance(full) < 1e-6  # and after every step
+    moved = [n for n, p in full.vae.decoder.named_parameters() if "conv_t1" in n and not torch.equal(p, before[n])]
+    assert moved  # the transposed convs still train, inside the subspace
+    first = VAERecipe(_config(tmp_path / "split", max_steps=2, **kw), source=source)
+    first.setup()
+    first.train()
+    second = VAERecipe(_config(tmp_path / "split", max_steps=4, **kw), source=source)
+    second.setup()
+    rest = second.train()
+    assert [r["loss"] for r in rest] == [r["loss"] for r in rows[2:]]
+    for key, value in _states(full).items():
+        assert torch.equal(value, _states(second)[key]), key
 
 
 def test_muon_updates_conv_weights_through_matrix_views(tmp_path: Path) -> None:

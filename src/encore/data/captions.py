@@ -6,6 +6,8 @@ instrument names from the rendered programs), so a caption never claims somethin
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from encore.data.labels import InstrumentLabel
@@ -28,6 +30,22 @@ def tempo_words(bpm: float) -> tuple[str, ...]:
     if bpm < 150:
         return ("upbeat", "lively", "driving")
     return ("fast", "energetic", "brisk")
+
+
+def retime_caption(caption: str, old_bpm: int, new_bpm: int) -> str:
+    """`caption` with its tempo facts changed from `old_bpm` to `new_bpm`: the number before "BPM"/"bpm" and,
+    when the tempo crosses into another `tempo_words` bin, the tempo word (same position in the new bin).
+
+    Used by tempo augmentation, which re-times a clip and must keep its caption exact.
+    """
+    out = re.sub(rf"\b{int(old_bpm)}(?= bpm\b)", str(int(new_bpm)), caption, flags=re.IGNORECASE)
+    old_words, new_words = tempo_words(old_bpm), tempo_words(new_bpm)
+    if old_words != new_words:
+        for old, new in zip(old_words, new_words, strict=True):
+            out = re.sub(rf"(?<![\w-]){re.escape(old)}(?![\w-])", new, out)
+            cap_old, cap_new = old[:1].upper() + old[1:], new[:1].upper() + new[1:]
+            out = re.sub(rf"(?<![\w-]){re.escape(cap_old)}(?![\w-])", cap_new, out)
+    return out
 
 
 def instrument_words(instruments: list[InstrumentLabel]) -> list[str]:

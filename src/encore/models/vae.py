@@ -381,6 +381,34 @@ class OobleckDecoder(nn.Module):
         return from_rows(x) if rows else x
 
 
+@torch.no_grad()
+def balance_upsampling_(decoder: OobleckDecoder) -> float:
+    """Project every transposed conv of `decoder` onto kernels whose polyphase components sum alike; returns the
+    largest correction made (0 when already balanced).
+
+    A stride-s transposed conv writes output sample n from the kernel taps congruent to n mod s, so when those
+    s tap groups do not sum alike, even a constant input comes out periodic with period s: stacked up to the
+    hop, a decoder emits a buzz on the harmonics of the 25 Hz frame rate whatever the latents (the "checkerboard
+    artefact"). Equal tap-group sums are exactly the kernels of nearest-neighbour upsampling followed by an
+    ordinary conv (the resize-convolution fix), so a decoder kept on that subspace maps constant input to
+    constant output at every stage. The kernels here are 2s long, so each output phase r sums taps r and r + s;
+    the orthogonal projection moves both by half the phase's excess over the mean. The checkpoint layout is
+    unchanged (a training recipe re-applies this after every step).
+    """
+    worst = 0.0
+    for block in decoder.block:
+        weight = block.conv_t1.weight  # [C_in, C_out, 2s]
+        stride = block.conv_t1.stride[0]
+        if weight.shape[-1] != 2 * stride:
+            raise ValueError(f"expected kernel 2 x stride, got {weight.shape[-1]} for stride {stride}")
+        sums = weight[..., :stride] + weight[..., stride:]
+        excess = (sums - sums.mean(dim=-1, keepdim=True)) / 2
+        weight[..., :stride] -= excess
+        weight[..., stride:] -= excess
+        worst = max(worst, float(excess.abs().max()))
+    return worst
+
+
 # --------------------------------------------------------------------------- model
 
 

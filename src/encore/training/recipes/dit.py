@@ -18,6 +18,7 @@ Cache: `python -m encore.training.recipes.dit encode <corpus> <vae folder> <cach
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from encore.data.captions import retime_caption
 from encore.errors import InvalidRequest
 from encore.models.acestep import AceStepModel
 from encore.models.condition_encoder import pack_sequences
@@ -138,6 +140,19 @@ class LatentCache:
             sample_rate=int(meta["sample_rate"]),
             hop_samples=int(meta["hop_samples"]),
         )
+
+
+def drop_outliers(cache: LatentCache, max_std: float | None) -> LatentCache:
+    """`cache` without the clips whose mix latents have a std above `max_std` (None: all kept)."""
+    if max_std is None:
+        return cache
+    kept = [c for c in cache.clips if float(c.mix.float().std()) <= max_std]
+    dropped = sorted(c.clip_id for c in cache.clips if float(c.mix.float().std()) > max_std)
+    if dropped:
+        log.info("dropping %d clips with latent std > %g: %s", len(dropped), max_std, ", ".join(dropped))
+    if not kept:
+        raise InvalidRequest("max_latent_std", f"{max_std} drops every clip of the cache")
+    return dataclasses.replace(cache, clips=kept)
 
 
 _LABEL_KEYS = (
@@ -302,6 +317,14 @@ class DiTTrainConfig(RecipeConfig):
     """Probability of conditioning the timbre encoder on the item's own latents instead of silence."""
     text_cache_size: int = 4096
     """Caption/lyric encodings kept in memory (the caption encoder is frozen)."""
+    tempo_stretch: float = 0.0
+    """Probability of re-timing an item (`stretch_tempo`): its latents to a tempo drawn log-uniformly within a
+    factor `tempo_stretch_max` of the label, with bpm, metas and captions rewritten to match. Each BPM value is
+    otherwise seen in a handful of clips, and the caption encoder gives the number no usable magnitude."""
+    tempo_stretch_max: float = 1.2
+    max_latent_std: float | None = None
+    """Drop clips whose mix latents have a larger std (the embedded encoder blows up on a few bright, sustained
+    renders: std 15-21 where the corpus median is 0.8, and their loss spikes dominate whole steps)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -310,7 +333,11 @@ class DiTTrainConfig(RecipeConfig):
             raise InvalidRequest("task_weights", f"needs {len(TASKS)} non-negative weights for {TASKS}")
         if self.crop_frames < 10 or self.crop_frames % 10:
             raise InvalidRequest("crop_frames", f"must be a positive multiple of 10, got {self.crop_frames}")
-        for name in ("cfg_dropout", "meta_dropout", "reference_prob"):
+        if self.tempo_stretch_max < 1.0:
+            raise InvalidRequest("tempo_stretch_max", f"must be >= 1, got {self.tempo_stretch_max}")
+        if self.max_latent_std is not None and not self.max_latent_std > 0:
+            raise InvalidRequest("max_latent_std", f"must be > 0, got {self.max_latent_std}")
+        for name in ("cfg_dropout", "meta_dropout", "reference_prob", "tempo_stretch"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidRequest(name, f"must be in [0, 1], got {getattr(self, name)}")
 
@@ -366,10 +393,57 @@ def _crop(t: Tensor, start: int, frames: int, silence: Tensor) -> Tensor:
     return piece
 
 
+BPM_RANGE = (30, 300)
+"""Tempos tempo augmentation may produce (the metas' valid range)."""
+
+
+def stretch_tempo(clip: CachedClip, bpm: int) -> CachedClip:
+    """`clip` re-timed from its labelled bpm to `bpm`: every latent sequence is resampled in time by repeating or
+    dropping whole frames (nearest neighbour), and bpm and captions are rewritten.
+
+    Nearest-neighbour, not interpolation: the embedded VAE's latents are nearly white in time, so a blend of two
+    frames is not a latent the decoder ever saw, while a repeated or dropped 40 ms frame moves an onset by at
+    most half a frame. Pitch is untouched (each frame still decodes to its own pitches).
+    """
+    old = int(clip.labels["bpm"])
+    ratio = bpm / old  # > 1: faster, fewer frames
+
+    def warp(t: Tensor) -> Tensor:
+        length = max(1, round(t.shape[0] / ratio))
+        index = ((torch.arange(length) + 0.5) * ratio).long().clamp_max(t.shape[0] - 1)
+        return t[index]
+
+    labels = dict(clip.labels, bpm=bpm)
+    for key in ("caption", "captions"):
+        if isinstance(labels.get(key), str):
+            labels[key] = retime_caption(labels[key], old, bpm)
+        elif labels.get(key):
+            labels[key] = [retime_caption(c, old, bpm) for c in labels[key]]
+    return CachedClip(
+        clip_id=clip.clip_id,
+        mix=warp(clip.mix),
+        stems={k: warp(v) for k, v in clip.stems.items()},
+        without={k: warp(v) for k, v in clip.without.items()},
+        labels=labels,
+    )
+
+
+def _maybe_stretch(clip: CachedClip, config: DiTTrainConfig, gen: torch.Generator) -> CachedClip:
+    if not config.tempo_stretch:
+        return clip
+    draw, factor = _uniform(gen), config.tempo_stretch_max ** (2 * _uniform(gen) - 1)
+    bpm = clip.labels.get("bpm")
+    if draw >= config.tempo_stretch or not isinstance(bpm, (int, float)) or bpm <= 0:
+        return clip
+    new = min(max(round(bpm * factor), BPM_RANGE[0]), BPM_RANGE[1])
+    return clip if new == int(bpm) else stretch_tempo(clip, new)
+
+
 def build_item(
     clip: CachedClip, cache: LatentCache, config: DiTTrainConfig, gen: torch.Generator
 ) -> BatchItem:
     """Draws a task, crop, caption variant and metas for one clip and builds its conditioning (SPEC §10)."""
+    clip = _maybe_stretch(clip, config, gen)
     frames = config.crop_frames
     start = int(torch.randint(max(1, clip.num_frames - frames + 1), (1,), generator=gen))
     content = min(frames, clip.num_frames - start)
@@ -620,7 +694,7 @@ class DiTRecipe(Recipe[DiTTrainConfig]):
 
     def build(self) -> None:
         cfg = self.config
-        self.cache = LatentCache.given_or_loaded(self.cache, cfg.cache_dir)
+        self.cache = drop_outliers(LatentCache.given_or_loaded(self.cache, cfg.cache_dir), cfg.max_latent_std)
         self.model_config = embedded.dit_config(cfg.geometry, latent_channels=self.cache.latent_channels)
         # Initialisation draws from torch's global RNG; fork_rng restores the caller's state afterwards.
         with torch.random.fork_rng(devices=[]):
