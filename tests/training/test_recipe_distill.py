@@ -97,14 +97,16 @@ def test_critic_loss_decreases_and_only_the_student_dit_trains(tmp_path: Path, t
         assert torch.equal(value, load_dit_checkpoint(teacher).state_dict()[key]), key
 
 
-def test_resume_equals_uninterrupted_and_student_is_turbo(tmp_path: Path, teacher: Path) -> None:
-    full = DistillRecipe(_config(tmp_path / "full", teacher, max_steps=3), cache=_cache())
+@pytest.mark.parametrize("extra", [{}, {"tempo_stretch": 0.5, "max_latent_std": 10.0}])
+def test_resume_equals_uninterrupted_and_student_is_turbo(tmp_path: Path, teacher: Path, extra: dict) -> None:
+    full = DistillRecipe(_config(tmp_path / "full", teacher, max_steps=3, **extra), cache=_cache())
     full.setup()
     full_rows = full.train()
-    first = DistillRecipe(_config(tmp_path / "split", teacher, max_steps=2), cache=_cache())
+    assert full.data_config.tempo_stretch == extra.get("tempo_stretch", 0.0)
+    first = DistillRecipe(_config(tmp_path / "split", teacher, max_steps=2, **extra), cache=_cache())
     first.setup()
     first.train()
-    second = DistillRecipe(_config(tmp_path / "split", teacher, max_steps=3), cache=_cache())
+    second = DistillRecipe(_config(tmp_path / "split", teacher, max_steps=3, **extra), cache=_cache())
     second.setup()
     assert second.step == 2
     rest = second.train()

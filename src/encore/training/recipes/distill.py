@@ -46,6 +46,7 @@ from encore.training.recipes.dit import (
     build_item,
     build_text_encoder,
     collate_items,
+    drop_outliers,
     load_dit_checkpoint,
 )
 
@@ -82,6 +83,11 @@ class DistillConfig(RecipeConfig):
     reference_prob: float = 0.1
     disc_width: int = 128
     text_cache_size: int = 4096
+    tempo_stretch: float = 0.0
+    """As in the DiT recipe: probability of re-timing an item's latents, bpm and captions."""
+    tempo_stretch_max: float = 1.2
+    max_latent_std: float | None = None
+    """As in the DiT recipe: drop clips whose mix latents have a larger std."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -103,6 +109,9 @@ class DistillConfig(RecipeConfig):
             meta_dropout=self.meta_dropout,
             reference_prob=self.reference_prob,
             cfg_dropout=0.0,
+            tempo_stretch=self.tempo_stretch,
+            tempo_stretch_max=self.tempo_stretch_max,
+            max_latent_std=self.max_latent_std,
         )
 
 
@@ -128,7 +137,7 @@ class DistillRecipe(Recipe[DistillConfig]):
 
     def build(self) -> None:
         cfg = self.config
-        self.cache = LatentCache.given_or_loaded(self.cache, cfg.cache_dir)
+        self.cache = drop_outliers(LatentCache.given_or_loaded(self.cache, cfg.cache_dir), cfg.max_latent_std)
         if not cfg.teacher:
             raise InvalidRequest("teacher", "needs the base DiT checkpoint folder")
         self.teacher = load_dit_checkpoint(cfg.teacher).to(self.device).requires_grad_(False)
