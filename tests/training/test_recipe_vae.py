@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from encore.errors import InvalidRequest
 from encore.models.vae import OobleckVAE, balance_upsampling_
 from encore.training import embedded
 from encore.training.recipes.base import read_loss_log
@@ -174,9 +175,16 @@ def test_latent_affine_is_absorbed_and_finalize_writes_a_loadable_vae(tmp_path: 
     recipe.train()
     ckpt = max((tmp_path / "run" / "checkpoints").iterdir())
     out = finalize_vae(ckpt, tmp_path / "vae", source, silence_seconds=2.0)
-    _loaded, cfg, silence = load_vae_checkpoint(out)
+    loaded, cfg, silence = load_vae_checkpoint(out)
     assert cfg == embedded.vae_config("tiny")
     assert silence.shape == (50, cfg.latent_channels)
+    # a finalized folder starts a run (the decoder retrained on the shipped, frozen encoder)
+    again = VAERecipe(_config(tmp_path / "again", max_steps=1, init_from=str(out)), source=source)
+    again.setup()
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(again.vae.state_dict()[key], value), key
+    with pytest.raises(InvalidRequest, match="init_from"):
+        VAERecipe(_config(tmp_path / "bad", geometry="embedded", init_from=str(out)), source=source).setup()
 
 
 def test_config_rejects_bad_values(tmp_path: Path) -> None:

@@ -57,7 +57,8 @@ class VAETrainConfig(RecipeConfig):
     geometry: str = "embedded"
     """`embedded` or `tiny` (see `encore.training.embedded.vae_config`)."""
     init_from: str | None = None
-    """A VAE checkpoint folder whose weights start this run (optimizer state is not taken)."""
+    """A VAE checkpoint folder, or a finalized `vae/` folder (e.g. the shipped one, to retrain its decoder with
+    the encoder frozen: the cached latents stay valid), whose weights start this run (no optimizer state)."""
     batch_size: int = 4
     crop_seconds: float = 0.5
     """Random crop per item; the 48 kHz blocks dominate the cost, so short crops buy many more steps."""
@@ -250,7 +251,12 @@ class VAERecipe(Recipe[VAETrainConfig]):
             self.disc = MultiScaleSTFTDiscriminator(
                 cfg.disc_fft_sizes, self.vae_config.audio_channels, cfg.disc_channels
             ).to(self.device)
-        if cfg.init_from:
+        if cfg.init_from and (Path(cfg.init_from) / "config.json").is_file():  # a finalized `vae/` folder
+            shipped, shipped_config, _ = load_vae_checkpoint(cfg.init_from)
+            if shipped_config != self.vae_config:
+                raise InvalidRequest("init_from", f"{cfg.init_from} is not the {cfg.geometry} geometry")
+            self.vae.load_state_dict(shipped.state_dict())
+        elif cfg.init_from:
             from safetensors.torch import load_file
 
             weights = Path(cfg.init_from) / "model.safetensors"
