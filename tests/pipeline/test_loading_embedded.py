@@ -119,3 +119,16 @@ def test_builtin_name_uses_the_packaged_folder(export: Path, tmp_path: Path,
 
 def test_packaged_folder_is_inside_the_package() -> None:
     assert presets.embedded_dir() == Path(encore.__file__).parent / "assets" / "embedded"
+
+
+@pytest.mark.skipif(not presets.embedded_available(), reason="no bundled model in this install")
+def test_bundled_decoder_is_free_of_the_frame_rate_artefact() -> None:
+    """The shipped VAE decoder stays on the balanced-upsampling subspace (`balance_upsampling_`): a decoder off
+    it buzzes on the 25 Hz harmonics whatever the latents (the second release's moved by up to 0.10 here)."""
+    import copy
+
+    from encore.models.vae import balance_upsampling_
+    from encore.pipeline.loading import load_vae
+
+    vae, _ = load_vae(presets.embedded_dir() / "vae", dtype=torch.float32)
+    assert balance_upsampling_(copy.deepcopy(vae.decoder)) < 1e-3  # fp16 storage rounds at ~3e-5
