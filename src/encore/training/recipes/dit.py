@@ -146,10 +146,15 @@ def drop_outliers(cache: LatentCache, max_std: float | None) -> LatentCache:
     """`cache` without the clips whose mix latents have a std above `max_std` (None: all kept)."""
     if max_std is None:
         return cache
-    kept = [c for c in cache.clips if float(c.mix.float().std()) <= max_std]
-    dropped = sorted(c.clip_id for c in cache.clips if float(c.mix.float().std()) > max_std)
+    kept: list[CachedClip] = []
+    dropped: list[str] = []
+    for clip in cache.clips:
+        if float(clip.mix.float().std()) <= max_std:
+            kept.append(clip)
+        else:
+            dropped.append(clip.clip_id)
     if dropped:
-        log.info("dropping %d clips with latent std > %g: %s", len(dropped), max_std, ", ".join(dropped))
+        log.info("dropping %d clips with latent std > %g: %s", len(dropped), max_std, ", ".join(sorted(dropped)))
     if not kept:
         raise InvalidRequest("max_latent_std", f"{max_std} drops every clip of the cache")
     return dataclasses.replace(cache, clips=kept)

@@ -252,7 +252,10 @@ class VAERecipe(Recipe[VAETrainConfig]):
                 cfg.disc_fft_sizes, self.vae_config.audio_channels, cfg.disc_channels
             ).to(self.device)
         if cfg.init_from and (Path(cfg.init_from) / "config.json").is_file():  # a finalized `vae/` folder
-            shipped, shipped_config, _ = load_vae_checkpoint(cfg.init_from)
+            from encore.pipeline.loading import load_vae
+
+            # the weights only: a `vae/` folder need not hold a silence latent (the bundled one keeps it elsewhere)
+            shipped, shipped_config = load_vae(Path(cfg.init_from), dtype=torch.float32)
             if shipped_config != self.vae_config:
                 raise InvalidRequest("init_from", f"{cfg.init_from} is not the {cfg.geometry} geometry")
             self.vae.load_state_dict(shipped.state_dict())
