@@ -154,3 +154,19 @@ def test_reconstruction_row_scores_renders_through_the_vae(synth_corpus: Path, t
     assert sum(i.key == "exact" for i in lost) == 0 and sum(i.tempo == "exact" for i in lost) == 0
     with pytest.raises(InvalidRequest, match="VAE runs at"):
         _reconstruction_row(_RoundTrip(lossy=False), prompts, clips, scorer, 48_000)
+
+
+def test_the_reconstruction_rows_pipeline_is_reused_once() -> None:
+    from encore.eval.run import handing_out_once
+
+    loads: list[str] = []
+
+    def factory(variant: str) -> str:
+        loads.append(variant)
+        return f"fresh {variant}"
+
+    wrapped = handing_out_once(factory, "base", "loaded base")
+    assert wrapped("turbo") == "fresh turbo"
+    assert wrapped("base") == "loaded base"  # no second load of the same checkpoint
+    assert wrapped("base") == "fresh base"  # handed out once only
+    assert loads == ["turbo", "base"]

@@ -132,3 +132,20 @@ def test_bundled_decoder_is_free_of_the_frame_rate_artefact() -> None:
 
     vae, _ = load_vae(presets.embedded_dir() / "vae", dtype=torch.float32)
     assert balance_upsampling_(copy.deepcopy(vae.decoder)) < 1e-3  # fp16 storage rounds at ~3e-5
+
+
+@pytest.mark.parametrize("layout", ["official", "diffusers"])
+def test_convert_keeps_the_embedded_identity_and_weights(export: Path, tmp_path: Path, layout: str) -> None:
+    from encore.pipeline.saving import convert_checkpoint
+
+    out = convert_checkpoint(export, tmp_path / layout, layout=layout)
+    assert (tmp_path / layout / presets.EMBEDDED_MARKER).is_file()
+    if layout == "official":  # the MiniLM folder keeps its name; no BERT under the Qwen3 folder name
+        assert (tmp_path / layout / presets.EMBEDDED_TEXT_ENCODER_DIR).is_dir()
+        assert not (tmp_path / layout / presets.TEXT_ENCODER_DIR).exists()
+    source, converted = load_components(export), load_components(out)
+    assert converted.paths.embedded and converted.variant.name == source.variant.name
+    assert converted.variant.preset is None  # never reported as the official release
+    for a, b in ((source.text_encoder.model, converted.text_encoder.model), (source.model, converted.model)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

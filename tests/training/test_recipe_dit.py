@@ -313,3 +313,13 @@ def test_drop_outliers_removes_only_blown_up_clips() -> None:
     assert drop_outliers(cache, None) is cache
     with pytest.raises(InvalidRequest, match="max_latent_std"):
         drop_outliers(cache, 1e-6)
+
+
+def test_text_budgets_match_the_pipeline() -> None:
+    # A lyric the pipeline conditions on must never be longer than the ones training encoded.
+    from encore.data import preprocess
+    from encore.pipeline import pipeline
+    from encore.training.recipes import dit
+
+    assert dit.CAPTION_MAX_TOKENS == pipeline.CAPTION_MAX_TOKENS == preprocess.CAPTION_MAX_TOKENS
+    assert dit.LYRIC_MAX_TOKENS == pipeline.LYRIC_MAX_TOKENS == preprocess.LYRICS_MAX_TOKENS

@@ -227,3 +227,19 @@ def test_refinalize_ships_a_later_decoder_with_the_frozen_encoder(tmp_path: Path
                            silence_seconds=2.0)  # fmt: skip
     with pytest.raises(CheckpointError, match="encoder tensor differs"):
         refinalize_decoder(ckpts[-1], foreign, tmp_path / "bad")  # another run's encoder
+
+
+def test_chroma_term_is_logged_trains_and_checks_its_window(tmp_path: Path) -> None:
+    source = TensorAudioSource([_tone(0.6, 220.0), _tone(0.5, 440.0, seed=2)])
+    kw = {"crop_seconds": 0.2, "fft_sizes": (128, 64, 32), "disc_fft_sizes": (64,), "chroma_fft_size": 512}
+    plain = VAERecipe(_config(tmp_path / "plain", max_steps=2, **kw), source=source)
+    plain.setup()
+    with_chroma = VAERecipe(_config(tmp_path / "chroma", max_steps=2, chroma_weight=1.0, **kw), source=source)
+    with_chroma.setup()
+    rows, plain_rows = with_chroma.train(), plain.train()
+    assert all("chroma" in r and 0 <= r["chroma"] <= 2 for r in rows)
+    assert "chroma" not in plain_rows[0]
+    assert rows[0]["loss"] == pytest.approx(plain_rows[0]["loss"] + rows[0]["chroma"], rel=1e-5)
+    with pytest.raises(InvalidRequest, match="chroma_fft_size"):
+        VAERecipe(_config(tmp_path / "bad", chroma_weight=1.0, crop_seconds=0.2, chroma_fft_size=4096),
+                  source=source).setup()  # fmt: skip

@@ -350,11 +350,14 @@ def iter_clips(out_dir: str | Path) -> Iterator[tuple[Any, ClipLabels]]:
 
     Uses ``mix.flac`` when present, else sums the stems (corpora built with ``write_mix=False``).
     """
+    for labels in read_manifest(out_dir):
+        yield load_mix(out_dir, labels), labels
+
+
+def load_mix(out_dir: str | Path, labels: ClipLabels) -> Any:
+    """One clip's mix as a float32 torch tensor [2, S] at 48 kHz (``mix.flac``, else the sum of its stems)."""
     import torch
 
-    for labels in read_manifest(out_dir):
-        if labels.mix:
-            wav = torch.from_numpy(_read_flac(clip_dir(out_dir, labels.index) / labels.mix))
-        else:
-            wav = torch.stack(list(load_stems(out_dir, labels).values())).sum(dim=0)
-        yield wav, labels
+    if labels.mix:
+        return torch.from_numpy(_read_flac(clip_dir(out_dir, labels.index) / labels.mix))
+    return torch.stack(list(load_stems(out_dir, labels).values())).sum(dim=0)

@@ -329,6 +329,7 @@ def run_eval(pipeline_factory: PipelineFactory, *, prompts: PromptSet, corpus_di
             pipeline = pipeline_factory(models[0].variant)
             items, embs = _reconstruction_row(pipeline, chosen, clips, scorer, rate)
             rows.append(summarise(RECONSTRUCTION, "autoencoder", items, _frechet(embs, scorer.reference)))
+            pipeline_factory = handing_out_once(pipeline_factory, models[0].variant, pipeline)
             del pipeline, clips
     for spec in systems:
         items, embs = _system_row(pipeline_factory, spec, chosen, scorer, seed=seed, duration_s=duration_s,
@@ -339,6 +340,19 @@ def run_eval(pipeline_factory: PipelineFactory, *, prompts: PromptSet, corpus_di
                         comparison=compare_systems(rows, systems))  # fmt: skip
     report.save(out)
     return report
+
+
+def handing_out_once(factory: PipelineFactory, variant: str, pipeline: Any) -> PipelineFactory:
+    """`factory`, except that its first call for `variant` returns the already loaded `pipeline` (the
+    reconstruction row's) instead of loading the same checkpoint a second time; later calls load afresh."""
+    kept = [pipeline]
+
+    def load(requested: str) -> Any:
+        if requested == variant and kept:
+            return kept.pop()
+        return factory(requested)
+
+    return load
 
 
 def _check_held_out(

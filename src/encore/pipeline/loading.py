@@ -304,6 +304,7 @@ def _diffusers_paths(root: Path) -> CheckpointPaths:
         text_encoder=root / "text_encoder",
         text_tokenizer=root / "tokenizer",
         silence=root / "condition_encoder" / f"{DIFFUSERS_WEIGHTS}.safetensors",
+        embedded=(root / EMBEDDED_MARKER).is_file(),
     )
 
 

@@ -18,7 +18,7 @@ import torch
 from encore.models.config import AceStepConfig
 from encore.pipeline import convert
 from encore.pipeline.checkpoint import SILENCE_KEY, write_safetensors
-from encore.pipeline.presets import TEXT_ENCODER_DIR, VAE_DIR
+from encore.pipeline.presets import EMBEDDED_MARKER, EMBEDDED_TEXT_ENCODER_DIR, TEXT_ENCODER_DIR, VAE_DIR
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, Qwen3Config
@@ -181,6 +181,8 @@ def save_components(
         write_text_encoder(dest / "text_encoder", components.text_encoder_config, text_sd, None)
         components.text_tokenizer.save_pretrained(str(dest / "tokenizer"))
         write_model_index(dest, type(components.text_tokenizer).__name__)
+        if components.paths.embedded:
+            write_json(dest / EMBEDDED_MARKER, _embedded_marker(components, "text_encoder"))
         return dest
     name = dit_dir or (
         components.paths.dit.name
@@ -189,10 +191,22 @@ def save_components(
     )
     dit = write_official_dit(dest / name, components.config, official, silence)
     write_vae(dest / VAE_DIR, components.vae_config, vae_sd)
-    write_text_encoder(
-        dest / TEXT_ENCODER_DIR, components.text_encoder_config, text_sd, components.text_tokenizer
-    )
+    text_dir = TEXT_ENCODER_DIR
+    if components.paths.embedded:
+        # Our own small model keeps its identity (and its MiniLM folder name): written under the Qwen3 folder
+        # name without the marker, it would load as the official release.
+        text_dir = EMBEDDED_TEXT_ENCODER_DIR
+        write_json(dest / EMBEDDED_MARKER, _embedded_marker(components, text_dir))
+    write_text_encoder(dest / text_dir, components.text_encoder_config, text_sd, components.text_tokenizer)
     return dit
+
+
+def _embedded_marker(components: Components, text_dir: str) -> dict[str, Any]:
+    """The source's `embedded.json` with the text-encoder folder this export writes."""
+    source = components.paths.root / EMBEDDED_MARKER
+    meta = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
+    meta.update(format="encore-embedded", version=1, text_encoder=text_dir)
+    return meta
 
 
 def convert_checkpoint(

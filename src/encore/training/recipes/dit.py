@@ -56,7 +56,9 @@ log = logging.getLogger(__name__)
 TASKS: tuple[str, ...] = ("text2music", "repaint", "cover", "extract", "lego", "complete")
 STEM_TASKS = frozenset({"extract", "lego", "complete"})
 CAPTION_MAX_TOKENS = 256
-LYRIC_MAX_TOKENS = 512
+LYRIC_MAX_TOKENS = 2048
+"""The pipeline's lyric budget (`encore.pipeline.pipeline`): lyrics the DiT is conditioned on at inference are
+never longer than what it saw in training."""
 _STREAM_BATCH = 7
 
 
@@ -587,8 +589,7 @@ class TextStates:
 
     @torch.no_grad()
     def _encode(self, kind: str, text: str) -> Tensor:
-        # One text per call, unpadded, as the pipeline encodes it: the result then never depends on which
-        # other
+        # One text per call, unpadded, as the pipeline encodes it: the result then never depends on which other
         # texts share a batch (padding changes the float summation order), so resumed runs stay bit-exact.
         max_len = CAPTION_MAX_TOKENS if kind == "caption" else LYRIC_MAX_TOKENS
         ids = self.tokenizer(text, truncation=True, max_length=max_len, return_tensors="pt").input_ids.to(
