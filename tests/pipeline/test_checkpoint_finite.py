@@ -28,12 +28,12 @@ def test_opposite_infinities_and_overflowing_sums() -> None:
 def test_nan_in_the_vocabulary_table_fails_at_generation_not_silently(tmp_path) -> None:
     """The caption encoder's embedding table skips the load-time check (it stays memory-mapped); a NaN row
     that a prompt uses must still end in a NumericalError, never in a written noisy file."""
+    from helpers.tiny_pipeline import write_tiny
     from safetensors.torch import load_file, save_file
 
     from encore.errors import NumericalError
     from encore.pipeline.loading import load_pipeline
     from encore.pipeline.request import GenerationRequest, TextInputs
-    from helpers.tiny_pipeline import write_tiny
 
     dit = write_tiny(tmp_path)
     weights = next((tmp_path / "Qwen3-Embedding-0.6B").glob("*.safetensors"))
