@@ -11,10 +11,10 @@ from encore.eval.run import SystemSpec
 
 
 def _item(asked: list[str], probs: dict[str, float], tempo: str = "exact", key: str = "exact",
-          seconds: float | None = 1.0) -> ItemResult:  # fmt: skip
+          seconds: float | None = 1.0, pulse: float | None = 0.5) -> ItemResult:  # fmt: skip
     return ItemResult(prompt_id="p", bpm_target=120.0, bpm_estimate=120.0, tempo=tempo, key_target="C major",
                       key_estimate="C major", key=key, tracks_target=asked, probabilities=probs, seconds=seconds,
-                      audio_seconds=10.0)  # fmt: skip
+                      audio_seconds=10.0, bpm_confidence=pulse)  # fmt: skip
 
 
 def test_instrument_scores_by_hand() -> None:
@@ -48,7 +48,7 @@ def test_turbo_verdict_and_markdown() -> None:
     report = EvalReport(systems=rows, probe={"reference_clips": 3}, prompts={"count": 10}, comparison=ok)
     md = report.to_markdown()
     assert (
-        "| base-50 | 10 | 100% | 0% | 0% | 100% |" in md
+        "| base-50 | 10 | 100% | 0% | 0% | 0.50 | 100% |" in md
         and "6.0× faster" in md
         and "(within 10% of base)" in md
     )

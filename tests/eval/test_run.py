@@ -36,6 +36,7 @@ def test_oracle_beats_noise_on_every_metric(report_and_fakes) -> None:
     base, floor = report.row("base-4"), report.row("random")
     assert base.role == "model" and floor.role == "floor" and base.num_items == 4
     assert base.tempo["acc1"] >= 0.75 and floor.tempo["acc1"] <= 0.25
+    assert base.tempo["pulse"] > floor.tempo["pulse"] + 0.2  # the oracle's clips have a beat, noise has none
     assert base.key["exact"] >= 0.75 and floor.key["exact"] <= 0.25
     assert (
         base.instrument["accuracy"] >= 0.75

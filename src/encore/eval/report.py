@@ -43,6 +43,8 @@ class ItemResult:
     audio_seconds: float = 0.0
     stale: bool = False
     """Renders only: the clip's labels no longer equal the committed prompt's (corpus code changed)."""
+    bpm_confidence: float | None = None
+    """The tempo estimator's confidence: how clear a steady pulse the clip has (0 = none), whatever its tempo."""
 
     @property
     def tracks_predicted(self) -> list[str]:
@@ -105,8 +107,12 @@ def summarise(name: str, role: str, items: list[ItemResult], frechet: float | No
     timed = [i for i in items if i.seconds is not None]
     seconds = float(np.median([i.seconds for i in timed])) if timed else None
     rtf = sum(i.audio_seconds for i in timed) / sum(i.seconds for i in timed) if timed else None  # type: ignore[misc]
+    tempo = tempo_summary([i.tempo for i in items])
+    confidences = [i.bpm_confidence for i in items if i.bpm_confidence is not None]
+    if confidences:  # pulse: a clip can miss the asked tempo with a clear beat, or have no beat at all
+        tempo["pulse"] = float(np.mean(confidences))
     return SystemMetrics(
-        name=name, role=role, num_items=len(items), tempo=tempo_summary([i.tempo for i in items]),
+        name=name, role=role, num_items=len(items), tempo=tempo,
         key=key_summary([i.key for i in items]), instrument=instrument, instrument_per_class=per_class,
         frechet=frechet, num_steps=num_steps, seconds_per_item=seconds, realtime_factor=rtf,
         stale=sum(i.stale for i in items), items=items,
@@ -167,14 +173,15 @@ class EvalReport:
 
     def to_markdown(self) -> str:
         """The table for ``docs/model-card.md`` plus a few lines on the comparison, probe and prompts."""
-        head = ("| system | clips | tempo ±4% | ×2 | ×½ | key exact | key rel./par. | key MIREX | instr. acc. "
+        head = ("| system | clips | tempo ±4% | ×2 | ×½ | pulse | key exact | key rel./par. | key MIREX | instr. acc. "
                 "| instr. top-1 | FD ↓ | s / clip |")  # fmt: skip
-        lines = [head, "|" + "---|" * 12]
+        lines = [head, "|" + "---|" * 13]
         for r in self.systems:
             rel_par = r.key["relative"] + r.key["parallel"]
             lines.append(
                 f"| {r.name}{_ROLE_LABEL.get(r.role, '')} | {r.num_items} | {_pct(r.tempo['acc1'])} | "
-                f"{_pct(r.tempo['double'])} | {_pct(r.tempo['half'])} | {_pct(r.key['exact'])} | {_pct(rel_par)} | "
+                f"{_pct(r.tempo['double'])} | {_pct(r.tempo['half'])} | {_num(r.tempo.get('pulse'), '.2f')} | "
+                f"{_pct(r.key['exact'])} | {_pct(rel_par)} | "
                 f"{_num(r.key['mirex'], '.2f')} | {_pct(r.instrument['accuracy'])} | {_pct(r.instrument['top1'])} | "
                 f"{_num(r.frechet, '.1f')} | {_num(r.seconds_per_item, '.2f')} |"
             )
@@ -191,6 +198,7 @@ class EvalReport:
             verdict = "within" if c["within_tolerance"] else "NOT within"
             notes.append(f"- {c['turbo']} vs {c['base']}: {speed}; {', '.join(parts)} ({verdict} "
                          f"{100 * c['tolerance']:.0f}% of base).")  # fmt: skip
+        notes.append("- pulse: mean confidence of the tempo estimator (0 = no steady beat, whatever the tempo).")
         p = self.prompts
         notes.append(f"- Prompts: {p.get('count')} held-out prompts (corpus seed {p.get('seed')}; "
                      f"sources {p.get('sources')}); captions also in the training corpus: "

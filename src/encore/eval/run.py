@@ -92,6 +92,7 @@ class _Scorer:
             tracks_target=sorted(t for t in target.tracks if t in classes),
             probabilities={c: round(float(p), 4) for c, p in zip(classes, probs[0])},
             seconds=seconds, audio_seconds=float(np.asarray(audio).shape[-1]) / sample_rate,
+            bpm_confidence=round(est.bpm_confidence, 3),
         )  # fmt: skip
         return item, emb[0]
 
