@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from encore.errors import InvalidRequest
+from encore.training.losses import pitch_class_matrix
 
 CHROMA_FFT = 8192
-LOW_HZ, HIGH_HZ = 65.0, 2100.0
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,7 @@ def frame_chroma(mono: np.ndarray, rate: int, hop: int, num_frames: int) -> tupl
     starts = np.arange(num_frames) * hop
     frames = np.stack([padded[s : s + CHROMA_FFT] for s in starts]) * np.hanning(CHROMA_FFT).astype(np.float32)
     mag = np.abs(np.fft.rfft(frames, axis=1))
-    freqs = np.fft.rfftfreq(CHROMA_FFT, 1.0 / rate)
-    band = (freqs >= LOW_HZ) & (freqs <= HIGH_HZ)
-    pitch_class = np.round(69 + 12 * np.log2(freqs[band] / 440.0)).astype(int) % 12
-    chroma = np.zeros((num_frames, 12))
-    for pc in range(12):
-        chroma[:, pc] = mag[:, band][:, pitch_class == pc].sum(axis=1)
+    chroma = mag.astype(np.float64) @ pitch_class_matrix(CHROMA_FFT, rate, dtype=torch.float64).numpy().T
     energy = chroma.sum(axis=1)
     return chroma / np.maximum(energy[:, None], 1e-9), energy
 
