@@ -27,6 +27,25 @@ def test_defaults_and_missing_corpus() -> None:
         args.func(args)
 
 
+def test_write_prompts_takes_a_validation_seed(tmp_path: Path, monkeypatch, capsys) -> None:
+    from encore.eval import prompts as prompt_module
+
+    seeds = []
+
+    def fake_make(num_prompts: int, *, seed: int = prompt_module.EVAL_SEED):  # the real one renders audio
+        seeds.append(seed)
+        return synth_prompt_set()
+
+    monkeypatch.setattr(prompt_module, "make_prompt_set", fake_make)
+    for extra, expected in (([], prompt_module.EVAL_SEED), (["--prompt-set-seed", "777"], 777)):
+        args = _parse(["--write-prompts", str(tmp_path / "p.json"), "--num-prompts", "3", *extra])
+        assert args.func(args) == cli.EXIT_OK
+        assert seeds[-1] == expected and f"corpus seed {expected}" in capsys.readouterr().out
+    args = _parse(["--prompt-set-seed", "777", "--corpus", str(tmp_path)])
+    with pytest.raises(InvalidRequest, match="--prompt-set-seed"):
+        args.func(args)
+
+
 def test_tiny_checkpoint_run_writes_the_report(synth_corpus: Path, tmp_path: Path, capsys) -> None:
     write_tiny(tmp_path / "ckpt")
     prompts = save_prompt_set(synth_prompt_set(), tmp_path / "prompts.json")

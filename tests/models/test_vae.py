@@ -207,10 +207,15 @@ def test_row_layout_matches_1d_convolutions():
         y = vae(wav)
         (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
         outputs.append(y.detach())
-        grads.append(torch.cat([p.grad.flatten() for p in vae.parameters()]))
+        grads.append({name: p.grad.clone() for name, p in vae.named_parameters()})
     assert outputs[1].is_contiguous() and outputs[1].shape == outputs[0].shape
     torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-4)
+    # Weight gradients are long sums whose order differs between the two kernels (and, under load, between
+    # runs of oneDNN's threaded reductions), so compare each parameter's gradient as a whole: elementwise
+    # tolerances failed on 0.1 % of near-zero elements (max abs 5e-4 where |g| reaches 10).
+    for name, ref in grads[0].items():
+        err = float((grads[1][name] - ref).norm() / ref.norm().clamp_min(1e-12))
+        assert err < 1e-3, (name, err)
     with torch.inference_mode():  # the in-place Snake path
         z = torch.randn(1, vae.config.decoder_input_channels, 5)
         torch.testing.assert_close(_layouts(vae, True).decode(z), _layouts(vae, False).decode(z),

@@ -122,6 +122,47 @@ def test_resume_equals_uninterrupted_and_student_is_turbo(tmp_path: Path, teache
         assert torch.equal(value, second.student.state_dict()[key]), key
 
 
+def test_ema_student_averages_resumes_and_is_what_loads(tmp_path: Path, teacher: Path) -> None:
+    decay = 0.5
+    full = DistillRecipe(_config(tmp_path / "full", teacher, max_steps=3, ema_decay=decay), cache=_cache())
+    full.setup()
+    start = {k: v.clone() for k, v in full.student.decoder.state_dict().items()}
+    trajectory = [start]
+    original_step = full.student_opt.step
+
+    def step_and_record(*args, **kwargs):  # the student's weights after each optimizer step
+        out = original_step(*args, **kwargs)
+        trajectory.append({k: v.clone() for k, v in full.student.decoder.state_dict().items()})
+        return out
+
+    full.student_opt.step = step_and_record
+    full.train()
+    # avg_n = decay * avg_{n-1} + (1 - decay) * w_n, from avg_0 = the teacher's weights
+    expected = start
+    for weights in trajectory[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in expected}
+    ema = full.student_ema.decoder.state_dict()
+    moved = [k for k in ema if not torch.equal(trajectory[-1][k], start[k])]
+    assert moved
+    for key in moved:
+        torch.testing.assert_close(ema[key], expected[key], rtol=1e-5, atol=1e-6)
+        assert not torch.equal(ema[key], full.student.decoder.state_dict()[key]), key
+
+    first = DistillRecipe(_config(tmp_path / "split", teacher, max_steps=2, ema_decay=decay), cache=_cache())
+    first.setup()
+    first.train()
+    second = DistillRecipe(_config(tmp_path / "split", teacher, max_steps=3, ema_decay=decay), cache=_cache())
+    second.setup()
+    second.train()
+    for key, value in full.student_ema.state_dict().items():
+        assert torch.equal(value, second.student_ema.state_dict()[key]), key
+    loaded = load_dit_checkpoint(max((tmp_path / "split" / "checkpoints").iterdir()))
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, second.student_ema.state_dict()[key]), key
+
+
 def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="shifts"):
         DistillConfig(output_dir=str(tmp_path), shifts=(1.5,))
+    with pytest.raises(ValueError, match="ema_decay"):
+        DistillConfig(output_dir=str(tmp_path), ema_decay=1.0)

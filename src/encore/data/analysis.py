@@ -114,12 +114,22 @@ def _peak(ac: np.ndarray, near: float) -> float:
     return float(k + 0.5 * (a - c) / denom) if denom < 0 else float(k)
 
 
-def chroma(mono: np.ndarray, rate: int, *, n_fft: int = 8192, hop: int = 4096) -> np.ndarray:
-    """Time-averaged pitch-class profile `[12]` (C first) from 65 Hz–2.1 kHz, each frame normalised first."""
-    mag = spectrogram(mono, n_fft, hop)
+CHROMA_BAND_HZ = (65.0, 2100.0)
+"""Frequency band the pitch-class profile reads (C2 to about C7; below it bins are too coarse, above it
+harmonics dominate). The training chroma loss uses the same band."""
+
+
+def chroma_bins(n_fft: int, rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the rfft bins inside `CHROMA_BAND_HZ`, each one's nearest pitch class, C = 0)."""
     freqs = np.fft.rfftfreq(n_fft, 1.0 / rate)
-    band = (freqs >= 65.0) & (freqs <= 2100.0)
-    pitch_class = np.round(69 + 12 * np.log2(freqs[band] / 440.0)).astype(int) % 12
+    (bins,) = np.nonzero((freqs >= CHROMA_BAND_HZ[0]) & (freqs <= CHROMA_BAND_HZ[1]))
+    return bins, np.round(69 + 12 * np.log2(freqs[bins] / 440.0)).astype(int) % 12
+
+
+def chroma(mono: np.ndarray, rate: int, *, n_fft: int = 8192, hop: int = 4096) -> np.ndarray:
+    """Time-averaged pitch-class profile `[12]` (C first) from `CHROMA_BAND_HZ`, each frame normalised first."""
+    mag = spectrogram(mono, n_fft, hop)
+    band, pitch_class = chroma_bins(n_fft, rate)
     frames = np.zeros((mag.shape[0], 12))
     for pc in range(12):
         frames[:, pc] = mag[:, band][:, pitch_class == pc].sum(axis=1)

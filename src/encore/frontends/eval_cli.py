@@ -83,6 +83,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--num-prompts", type=int, default=64, help="Prompts written by --write-prompts (default: 64)."
     )
+    p.add_argument(
+        "--prompt-set-seed",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="Corpus seed of the set --write-prompts renders (default: the held-out evaluation seed). Write a "
+        "validation set with another unused seed to choose checkpoints without touching the evaluation prompts.",
+    )
     p.add_argument("--json", action="store_true", help="Print the report as JSON on stdout.")
     p.set_defaults(func=run_eval_command)
 
@@ -107,12 +115,15 @@ def _factory(args: argparse.Namespace, checkpoint: str) -> Any:
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    from encore.eval.prompts import load_prompt_set, make_prompt_set, save_prompt_set
+    from encore.eval.prompts import EVAL_SEED, load_prompt_set, make_prompt_set, save_prompt_set
     from encore.eval.run import parse_system, run_eval
 
+    if args.prompt_set_seed is not None and args.write_prompts is None:
+        raise InvalidRequest("--prompt-set-seed", "only used with --write-prompts")
     if args.write_prompts is not None:
-        path = save_prompt_set(make_prompt_set(args.num_prompts), args.write_prompts)
-        print(f"wrote {args.num_prompts} prompts to {path}")
+        seed = EVAL_SEED if args.prompt_set_seed is None else args.prompt_set_seed
+        path = save_prompt_set(make_prompt_set(args.num_prompts, seed=seed), args.write_prompts)
+        print(f"wrote {args.num_prompts} prompts (corpus seed {seed}) to {path}")
         return cli.EXIT_OK
     if args.corpus is None:
         raise InvalidRequest("--corpus", "required: the training corpus the instrument probe is trained on")

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from encore.data.analysis import chroma_bins
+
 DEFAULT_FFT_SIZES: tuple[int, ...] = (2048, 1024, 512, 256, 128, 64)
 """Window sizes of the multi-resolution STFT loss at 48 kHz (hop = size / 4)."""
 
@@ -116,17 +118,13 @@ def si_sdr(pred: Tensor, target: Tensor, eps: float = 1e-8) -> Tensor:
     return 10 * torch.log10((projection.pow(2).sum(dim=-1) + eps) / (noise.pow(2).sum(dim=-1) + eps))
 
 
-def pitch_class_matrix(
-    n_fft: int, sample_rate: int, low_hz: float = 65.0, high_hz: float = 2100.0, dtype: torch.dtype = torch.float32
-) -> Tensor:
-    """`[12, n_fft // 2 + 1]` 0/1 matrix mapping STFT bins in `low_hz..high_hz` to their nearest pitch class (C
-    first); the same band and rounding as the key estimator's chroma (`encore.data.analysis.chroma`)."""
-    freqs = torch.fft.rfftfreq(n_fft, 1.0 / sample_rate, dtype=torch.float64)
-    band = (freqs >= low_hz) & (freqs <= high_hz)
-    pitch_class = torch.round(69 + 12 * torch.log2(freqs.clamp_min(1.0) / 440.0)).long() % 12
-    matrix = torch.zeros(12, freqs.numel(), dtype=torch.float64)
-    matrix[pitch_class[band], torch.nonzero(band).squeeze(1)] = 1.0
-    return matrix.to(dtype)
+def pitch_class_matrix(n_fft: int, sample_rate: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """`[12, n_fft // 2 + 1]` 0/1 matrix mapping the STFT bins of the key estimator's chroma band to their
+    nearest pitch class (C first): the bins and rounding of `encore.data.analysis.chroma`."""
+    bins, pitch_class = chroma_bins(n_fft, sample_rate)
+    matrix = torch.zeros(12, n_fft // 2 + 1, dtype=dtype)
+    matrix[torch.from_numpy(pitch_class), torch.from_numpy(bins)] = 1.0
+    return matrix
 
 
 def chroma_loss(pred: Tensor, target: Tensor, sample_rate: int, n_fft: int = 8192) -> Tensor:

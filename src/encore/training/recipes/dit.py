@@ -551,7 +551,8 @@ def straight_through_hints(model: AceStepModel, latents: Tensor) -> Tensor:
 
 
 def load_dit_checkpoint(folder: str | Path) -> AceStepModel:
-    """The `AceStepModel` of a DiT or distillation checkpoint folder (the student for distillation)."""
+    """The `AceStepModel` of a DiT or distillation checkpoint folder (for distillation the student's moving
+    average when the run kept one, else the student)."""
     from safetensors.torch import load_file
 
     from encore.training.checkpointing import read_checkpoint
@@ -561,7 +562,8 @@ def load_dit_checkpoint(folder: str | Path) -> AceStepModel:
     config = AceStepConfig.from_dict(state["extra"]["dit_config"], source=str(folder))
     model = AceStepModel(config)
     weights = load_file(str(folder / "model.safetensors"))
-    prefix = "student" if any(k.startswith("student.") for k in weights) else "model"
+    present = {k.split(".", 1)[0] for k in weights}
+    prefix = next((p for p in ("student_ema", "student") if p in present), "model")
     load_module_tensors(
         {prefix: model}, {k: v for k, v in weights.items() if k.startswith(prefix + ".")}, str(folder)
     )
