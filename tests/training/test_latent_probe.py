@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from encore.errors import InvalidRequest
-from encore.training.latent_probe import frame_chroma, main, probe_pitch
+from encore.training.latent_probe import frame_chroma, main, probe_pitch, temporal_correlation
 
 RATE, HOP = 48_000, 1920
 
@@ -38,6 +38,19 @@ def test_probe_separates_pitched_latents_from_pitchless_ones() -> None:
     assert pitched.frame_r2 > 0.9 and pitched.clip_correlation > 0.9
     assert blind.frame_r2 < 0.05 and abs(blind.clip_correlation) < 0.5
     assert (pitched.train_clips, pitched.test_clips) == (18, 6)
+
+
+def test_temporal_correlation_tells_white_from_smooth_latents() -> None:
+    rng = np.random.default_rng(0)
+    white = [rng.standard_normal((250, 16)) for _ in range(8)]
+    smooth = [np.cumsum(rng.standard_normal((250, 16)), axis=0) for _ in range(8)]  # random walks
+    alternating = [w * np.where(np.arange(250) % 2, 1.0, -1.0)[:, None] + 3 for w in white]
+    assert abs(temporal_correlation(white)[1]) < 0.05
+    assert temporal_correlation(smooth, lags=(1, 4))[1] > 0.8
+    assert temporal_correlation(smooth, lags=(1, 4))[1] > temporal_correlation(smooth, lags=(1, 4))[4]
+    assert abs(temporal_correlation(alternating)[1]) < 0.05  # the per-clip mean (3) is removed first
+    with pytest.raises(InvalidRequest, match="lag"):
+        temporal_correlation([np.zeros((1, 4))])
 
 
 def test_probe_refuses_too_few_clips_and_bad_usage() -> None:

@@ -6,6 +6,10 @@ audio under it (the key estimator's chroma: 65 Hz-2.1 kHz, 8192-sample window) o
 and its neighbours, fitted on some clips and scored on the others. A frame R^2 near 0 means the pitch is not
 linearly in the latents; the clip-level correlation is what a key estimate would see.
 
+It also reports how smooth the latents are in time (`temporal_correlation`): the median lag-k autocorrelation of
+each channel. Near 0 means the latents are close to white noise frame to frame, so a generator has to place
+every frame's detail itself (the shipped embedded VAE: 0.00 at lag 1).
+
 Run: `python -m encore.training.latent_probe <latent cache> <corpus> [max_clips=160]`
 """
 
@@ -83,6 +87,31 @@ def probe_pitch(latents: Sequence[np.ndarray], chromas: Sequence[np.ndarray], en
     return PitchProbe(r2, float(np.nanmedian(corr)), int(first_test), len(latents) - first_test)
 
 
+def temporal_correlation(latents: Sequence[np.ndarray], lags: Sequence[int] = (1, 2, 4)) -> dict[int, float]:
+    """Median over clips and channels of each channel's autocorrelation at each lag (per clip `[T, D]`, its mean
+    removed; 1 = slowly varying, 0 = white)."""
+    if not latents:
+        raise InvalidRequest("clips", "need at least one clip")
+    out = {}
+    for lag in lags:
+        values = []
+        for z in latents:
+            z = np.asarray(z, dtype=np.float64)
+            if len(z) <= lag:
+                raise InvalidRequest("clips", f"a clip has {len(z)} frames, too few for lag {lag}")
+            z = z - z.mean(axis=0)
+            values.extend((z[lag:] * z[:-lag]).sum(axis=0) / np.maximum((z * z).sum(axis=0), 1e-12))
+        out[lag] = float(np.median(values))
+    return out
+
+
+def load_cache_clips(cache_dir: str | Path, max_clips: int) -> list[np.ndarray]:
+    """Mix latents `[T, D]` of the first `max_clips` clips of a latent cache."""
+    from encore.training.recipes.dit import LatentCache
+
+    return [clip.mix.numpy() for clip in LatentCache.load(cache_dir).clips[:max_clips]]
+
+
 def probe_cache(cache_dir: str | Path, corpus_dir: str | Path, *, max_clips: int = 160) -> PitchProbe:
     """`probe_pitch` over the first `max_clips` clips of a latent cache and their mixes in the corpus."""
     from encore.data.corpus import load_mix, read_manifest
@@ -110,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = probe_cache(args[0], args[1], max_clips=int(opts.get("max_clips", 160)))
     print(f"pitch in latents: frame R^2 {result.frame_r2:.3f}, clip chroma correlation (median) "
           f"{result.clip_correlation:.2f} ({result.train_clips} clips fitted, {result.test_clips} held out)")  # fmt: skip
+    smooth = temporal_correlation(load_cache_clips(args[0], int(opts.get("max_clips", 160))))
+    print("temporal autocorrelation (median over clips and channels): "
+          + ", ".join(f"lag {k} {v:.2f}" for k, v in smooth.items()))  # fmt: skip
     return 0
 
 
