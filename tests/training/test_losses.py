@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from encore.training.losses import chroma_loss, pitch_class_matrix
+from encore.training.losses import chroma_loss, pitch_class_matrix, temporal_roughness
 
 RATE = 8000
 
@@ -54,3 +54,17 @@ def test_chroma_loss_rejects_bad_shapes() -> None:
         chroma_loss(_chord((440.0,)), _chord((440.0,), 0.4), RATE)
     with pytest.raises(ValueError, match="shorter"):
         chroma_loss(_chord((440.0,), 0.05), _chord((440.0,), 0.05), RATE, 1024)
+
+
+def test_temporal_roughness_is_one_minus_lag1_autocorrelation_and_scale_free() -> None:
+    g = torch.Generator().manual_seed(0)
+    white = torch.randn(4, 8, 2000, generator=g)
+    t = torch.arange(2000) / 2000
+    slow = torch.sin(2 * torch.pi * 3 * t).expand(4, 8, -1) + 0.01 * white
+    alternating = torch.where(torch.arange(2000) % 2 == 0, 1.0, -1.0).expand(4, 8, -1)
+    assert temporal_roughness(white) == pytest.approx(1.0, abs=0.05)
+    assert temporal_roughness(slow) < 0.01
+    assert temporal_roughness(alternating) == pytest.approx(2.0, abs=0.01)
+    assert temporal_roughness(100 * white) == pytest.approx(temporal_roughness(white).item(), rel=1e-4)
+    with pytest.raises(ValueError, match="2 frames"):
+        temporal_roughness(torch.zeros(1, 2, 1))

@@ -243,3 +243,21 @@ def test_chroma_term_is_logged_trains_and_checks_its_window(tmp_path: Path) -> N
     with pytest.raises(InvalidRequest, match="chroma_fft_size"):
         VAERecipe(_config(tmp_path / "bad", chroma_weight=1.0, crop_seconds=0.2, chroma_fft_size=4096),
                   source=source).setup()  # fmt: skip
+
+
+def test_smoothness_term_is_logged_lowers_roughness_and_checks_the_crop(tmp_path: Path) -> None:
+    source = TensorAudioSource([_tone(0.6, 220.0), _tone(0.5, 440.0, seed=2)])
+    kw = {"crop_seconds": 0.2, "fft_sizes": (128, 64, 32), "disc_fft_sizes": (64,), "learning_rate": 3e-3}
+    plain = VAERecipe(_config(tmp_path / "plain", max_steps=1, **kw), source=source)
+    plain.setup()
+    smooth = VAERecipe(_config(tmp_path / "smooth", max_steps=1, smoothness_weight=1.0, **kw), source=source)
+    smooth.setup()
+    first, plain_first = smooth.train()[0], plain.train()[0]
+    assert "roughness" not in plain_first and 0 <= first["roughness"] <= 2
+    assert first["loss"] == pytest.approx(plain_first["loss"] + first["roughness"], rel=1e-5)
+    strong = VAERecipe(_config(tmp_path / "strong", max_steps=12, smoothness_weight=50.0, **kw), source=source)
+    strong.setup()
+    rows = strong.train()
+    assert rows[-1]["roughness"] < 0.7 * rows[0]["roughness"], [r["roughness"] for r in rows]
+    with pytest.raises(InvalidRequest, match="crop_seconds"):
+        VAERecipe(_config(tmp_path / "bad", smoothness_weight=1.0, crop_seconds=0.01), source=source).setup()

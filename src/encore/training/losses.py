@@ -74,6 +74,22 @@ def gaussian_kl(mean: Tensor, std: Tensor) -> Tensor:
     return 0.5 * (mean.float().pow(2) + var - 1.0 - var.log()).mean()
 
 
+def temporal_roughness(latents: Tensor) -> Tensor:
+    """`mean((z[t+1] - z[t])^2) / (2 var_t(z))` per channel and item, averaged: 1 - the lag-1 autocorrelation
+    for a stationary signal (0 = constant, 1 = white noise, 2 = alternating). Scale-free, so it cannot be
+    lowered by shrinking the latents.
+
+    Args:
+        latents: `[B, C, T]` with T >= 2.
+    """
+    if latents.shape[-1] < 2:
+        raise ValueError(f"need at least 2 frames, got {latents.shape[-1]}")
+    z = latents.float()
+    step = (z[..., 1:] - z[..., :-1]).pow(2).mean(dim=-1)
+    spread = z.var(dim=-1, unbiased=False)
+    return (step / (2 * spread + 1e-6)).mean()
+
+
 def discriminator_hinge_loss(real_logits: Sequence[Tensor], fake_logits: Sequence[Tensor]) -> Tensor:
     """Hinge loss of a (multi-head) discriminator: mean over heads of `relu(1-real) + relu(1+fake)`."""
     terms = [

@@ -35,6 +35,7 @@ from encore.training.losses import (
     generator_hinge_loss,
     multi_resolution_stft_loss,
     si_sdr,
+    temporal_roughness,
 )
 from encore.training.muon import Muon
 from encore.training.recipes.base import Recipe, RecipeConfig, load_module_tensors, run_cli, step_generator
@@ -84,6 +85,11 @@ class VAETrainConfig(RecipeConfig):
     VAE keep rhythm and envelope but lose the notes (reconstruction chroma correlated r 0.0-0.4 with the input's,
     exact key 2 %)."""
     chroma_fft_size: int = 8192
+    smoothness_weight: float = 0.0
+    """Weight of `temporal_roughness` of the posterior means (1 - their lag-1 autocorrelation), with the KL
+    term (not in the final phase). The embedded VAE's latents came out white in time (lag-1 autocorrelation
+    0.00), which leaves the DiT to place every 40 ms frame's detail; this pushes the encoder towards slowly
+    varying latents. Needs crops of at least 3 latent frames."""
     adversarial_weight: float = 0.1
     feature_weight: float = 5.0
     adversarial_start_step: int = 1700
@@ -298,6 +304,8 @@ class VAERecipe(Recipe[VAETrainConfig]):
         self.crop_samples -= self.crop_samples % self.vae_config.hop_samples
         if self.crop_samples < self.vae_config.hop_samples:
             raise InvalidRequest("crop_seconds", "shorter than one latent frame")
+        if cfg.smoothness_weight > 0 and self.crop_samples < 3 * self.vae_config.hop_samples:
+            raise InvalidRequest("crop_seconds", "smoothness_weight needs crops of at least 3 latent frames")
         if cfg.chroma_weight > 0 and cfg.chroma_fft_size > self.crop_samples:
             raise InvalidRequest(
                 "chroma_fft_size", f"{cfg.chroma_fft_size} is longer than the {self.crop_samples}-sample crop"
@@ -336,6 +344,10 @@ class VAERecipe(Recipe[VAETrainConfig]):
             kl = gaussian_kl(posterior.mean, posterior.std)
             loss = loss + cfg.kl_weight * kl
             logs["kl"] = kl.item()
+            if cfg.smoothness_weight > 0:
+                rough = temporal_roughness(posterior.mean)
+                loss = loss + cfg.smoothness_weight * rough
+                logs["roughness"] = rough.item()
         if phase != "recon":
             fake_logits, fake_feats = self.disc(recon)
             with torch.no_grad():
