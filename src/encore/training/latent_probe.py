@@ -105,15 +105,10 @@ def temporal_correlation(latents: Sequence[np.ndarray], lags: Sequence[int] = (1
     return out
 
 
-def load_cache_clips(cache_dir: str | Path, max_clips: int) -> list[np.ndarray]:
-    """Mix latents `[T, D]` of the first `max_clips` clips of a latent cache."""
-    from encore.training.recipes.dit import LatentCache
-
-    return [clip.mix.numpy() for clip in LatentCache.load(cache_dir).clips[:max_clips]]
-
-
-def probe_cache(cache_dir: str | Path, corpus_dir: str | Path, *, max_clips: int = 160) -> PitchProbe:
-    """`probe_pitch` over the first `max_clips` clips of a latent cache and their mixes in the corpus."""
+def cache_clips(cache_dir: str | Path, corpus_dir: str | Path, max_clips: int = 160
+                ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:  # fmt: skip
+    """(latents, `frame_chroma` profiles, energies) of the first `max_clips` clips of a latent cache and their
+    mixes in the corpus: the inputs of `probe_pitch` (the latents also feed `temporal_correlation`)."""
     from encore.data.corpus import load_mix, read_manifest
     from encore.training.recipes.dit import LatentCache
 
@@ -128,7 +123,12 @@ def probe_cache(cache_dir: str | Path, corpus_dir: str | Path, *, max_clips: int
         latents.append(clip.mix.numpy())
         chromas.append(chroma)
         energies.append(energy)
-    return probe_pitch(latents, chromas, energies)
+    return latents, chromas, energies
+
+
+def probe_cache(cache_dir: str | Path, corpus_dir: str | Path, *, max_clips: int = 160) -> PitchProbe:
+    """`probe_pitch` over the first `max_clips` clips of a latent cache and their mixes in the corpus."""
+    return probe_pitch(*cache_clips(cache_dir, corpus_dir, max_clips))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -136,10 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = dict(a.split("=", 1) for a in args[2:] if "=" in a)
     if len(args) < 2 or set(opts) - {"max_clips"}:
         raise InvalidRequest("latent_probe", "usage: latent_probe <latent cache> <corpus> [max_clips=N]")
-    result = probe_cache(args[0], args[1], max_clips=int(opts.get("max_clips", 160)))
+    latents, chromas, energies = cache_clips(args[0], args[1], int(opts.get("max_clips", 160)))
+    result = probe_pitch(latents, chromas, energies)
     print(f"pitch in latents: frame R^2 {result.frame_r2:.3f}, clip chroma correlation (median) "
           f"{result.clip_correlation:.2f} ({result.train_clips} clips fitted, {result.test_clips} held out)")  # fmt: skip
-    smooth = temporal_correlation(load_cache_clips(args[0], int(opts.get("max_clips", 160))))
+    smooth = temporal_correlation(latents)
     print("temporal autocorrelation (median over clips and channels): "
           + ", ".join(f"lag {k} {v:.2f}" for k, v in smooth.items()))  # fmt: skip
     return 0
