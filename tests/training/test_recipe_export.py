@@ -17,15 +17,9 @@ def _latest(run: Path) -> Path:
     return max((run / "checkpoints").iterdir())
 
 
-def test_export_writes_the_official_layout(tmp_path: Path) -> None:
-    from encore.pipeline.checkpoint import read_silence_file
-    from encore.pipeline.loading import load_dit_config, load_model, load_vae, resolve_checkpoint
-    from encore.training.recipes.dit import CachedClip, LatentCache
-
+def _export_tiny(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(export folder, its DiT training checkpoint, its finalized VAE folder) of a one-step tiny run."""
     vae_dir = finalized_tiny_vae(tmp_path, torch.randn(2, 8000) * 0.1, silence_seconds=2.0)
-
-    clip = CachedClip(clip_id="c", mix=torch.randn(40, 8), labels={"caption": "x"})
-    cache = LatentCache(clips=[clip], silence=torch.zeros(100, 8), sample_rate=8000, hop_samples=320)
     dit_run = DiTRecipe(
         DiTTrainConfig(
             output_dir=str(tmp_path / "dit"),
@@ -35,7 +29,7 @@ def test_export_writes_the_official_layout(tmp_path: Path) -> None:
             crop_frames=40,
             max_steps=1,
         ),
-        cache=cache,
+        cache=_one_clip_cache(),
     )
     dit_run.setup()
     dit_run.train()
@@ -52,6 +46,14 @@ def test_export_writes_the_official_layout(tmp_path: Path) -> None:
         text_encoder=text_src,
         dtype=torch.float16,
     )
+    return dest, _latest(tmp_path / "dit"), vae_dir
+
+
+def test_export_writes_the_official_layout(tmp_path: Path) -> None:
+    from encore.pipeline.checkpoint import read_silence_file
+    from encore.pipeline.loading import load_dit_config, load_model, load_vae, resolve_checkpoint
+
+    dest, dit_checkpoint, _ = _export_tiny(tmp_path)
     assert json.loads((dest / "embedded.json").read_text())["text_encoder"] == embedded.TEXT_ENCODER_DIR
     paths = resolve_checkpoint(dest)
     assert paths.dit.name == embedded.TURBO_DIR
@@ -59,10 +61,67 @@ def test_export_writes_the_official_layout(tmp_path: Path) -> None:
     assert vcfg == embedded.vae_config("tiny")
     config = load_dit_config(paths, vcfg)
     model = load_model(paths, config, dtype=torch.float32)
-    trained = load_dit_checkpoint(_latest(tmp_path / "dit")).state_dict()
+    trained = load_dit_checkpoint(dit_checkpoint).state_dict()
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, trained[key].half().float(), atol=0, rtol=0)
     silence = read_silence_file(paths.silence, config.audio_acoustic_hidden_dim)
     assert silence.shape == (50, 8)
     text_weights = (dest / embedded.TEXT_ENCODER_DIR / "model.safetensors").stat().st_size
     assert text_weights > 0 and (dest / embedded.TEXT_ENCODER_DIR / "tokenizer.json").is_file()
+
+
+def test_recipes_start_from_a_released_model(tmp_path: Path) -> None:
+    """`init_from`/`teacher` (`load_dit_checkpoint`) and the latent-cache encoder (`load_vae_checkpoint`)
+    accept an exported model (official layout) as well as recipe folders, and name the folder otherwise."""
+    import shutil
+
+    import pytest
+
+    from encore.errors import CheckpointError
+    from encore.pipeline.checkpoint import read_silence_file
+    from encore.pipeline.loading import load_vae, resolve_checkpoint
+    from encore.training.recipes.vae import load_vae_checkpoint
+
+    dest, dit_checkpoint, vae_dir = _export_tiny(tmp_path)
+    trained = load_dit_checkpoint(dit_checkpoint).state_dict()
+    for source in (dest, dest / embedded.TURBO_DIR):  # the root and the DiT folder both name the model
+        released = load_dit_checkpoint(source).state_dict()
+        assert released.keys() == trained.keys()
+        for key, value in released.items():
+            assert value.dtype == torch.float32, key
+            torch.testing.assert_close(value, trained[key].half().float(), atol=0, rtol=0)
+
+    run = DiTRecipe(DiTTrainConfig(output_dir=str(tmp_path / "ft"), geometry="tiny", text_encoder="tiny",
+                                   init_from=str(dest), batch_size=2, crop_frames=40, max_steps=1),
+                    cache=_one_clip_cache())  # fmt: skip
+    run.setup()
+    for key, value in run.model.state_dict().items():
+        torch.testing.assert_close(value, trained[key].half().float(), atol=0, rtol=0)
+
+    paths = resolve_checkpoint(dest)
+    vae, vcfg, silence = load_vae_checkpoint(dest)
+    shipped, _ = load_vae(paths.vae, dtype=torch.float32)
+    for key, value in vae.state_dict().items():
+        assert torch.equal(value, shipped.state_dict()[key]), key
+    official_silence = read_silence_file(paths.silence, vcfg.latent_channels)
+    assert torch.equal(silence, official_silence) and silence.shape == (50, 8)
+
+    # A finalized folder holding a silence latent copied from a DiT folder ([1, D, T]) reads as [T, D].
+    copied = tmp_path / "copied"
+    shutil.copytree(paths.vae, copied)
+    shutil.copy(paths.silence, copied / "silence_latent.safetensors")
+    assert torch.equal(load_vae_checkpoint(copied)[2], official_silence)
+    _, _, finalized_silence = load_vae_checkpoint(vae_dir)
+    assert finalized_silence.ndim == 2 and finalized_silence.shape[1] == 8
+
+    for loader in (load_dit_checkpoint, load_vae_checkpoint):
+        with pytest.raises(CheckpointError, match="neither a") as err:
+            loader(tmp_path / "bert")
+        assert str(tmp_path / "bert") in str(err.value)
+
+
+def _one_clip_cache():
+    from encore.training.recipes.dit import CachedClip, LatentCache
+
+    clip = CachedClip(clip_id="c", mix=torch.randn(40, 8), labels={"caption": "x"})
+    return LatentCache(clips=[clip], silence=torch.zeros(100, 8), sample_rate=8000, hop_samples=320)

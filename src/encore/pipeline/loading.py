@@ -170,7 +170,8 @@ def _config_model_type(folder: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _is_dit_dir(folder: Path) -> bool:
+def is_dit_dir(folder: Path) -> bool:
+    """Whether `folder` holds an ACE-Step DiT (`config.json` with `model_type` "acestep")."""
     return _config_model_type(folder) == "acestep"
 
 
@@ -213,7 +214,7 @@ def resolve_checkpoint(
         raise CheckpointError(str(path), "checkpoint folder not found")
     if (path / "model_index.json").is_file():
         return _diffusers_paths(path)
-    if _is_dit_dir(path):
+    if is_dit_dir(path):
         return _official_paths(path.parent, path)
     has_weights = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
     if has_weights and not (path / "config.json").is_file():
@@ -222,7 +223,7 @@ def resolve_checkpoint(
 
 
 def _pick_dit_dir(root: Path, variant: str | None) -> Path:
-    candidates = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and _is_dit_dir(d)}
+    candidates = {d.name: d for d in sorted(root.iterdir()) if d.is_dir() and is_dit_dir(d)}
     if variant is not None:
         preset = PRESETS.get(variant)
         for name in (variant, preset.dit_dir if preset else None):

@@ -61,7 +61,7 @@ class DistillConfig(RecipeConfig):
 
     cache_dir: str = ""
     teacher: str = ""
-    """DiT recipe checkpoint folder of the base teacher."""
+    """DiT recipe checkpoint folder of the base teacher, or a released base model (official or diffusers)."""
     text_encoder: str = "minilm"
     batch_size: int = 8
     crop_frames: int = 250

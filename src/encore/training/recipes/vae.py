@@ -515,13 +515,35 @@ def refinalize_decoder(checkpoint: str | Path, finalized: str | Path, dest: str 
 
 
 def load_vae_checkpoint(folder: str | Path) -> tuple[OobleckVAE, VAEConfig, Tensor]:
-    """A `finalize_vae` folder -> (VAE in eval mode, config, silence latent `[T, D]`)."""
+    """A `finalize_vae` folder, or a released model (anything `encore.load_pipeline` reads, e.g. `embedded`)
+    -> (VAE in eval mode, config, silence latent `[T, D]`).
+
+    A finalized folder's silence latent may also be in the official `[1, D, T]` layout (copied from a DiT folder).
+    """
+    from encore.pipeline import loading
     from encore.pipeline.checkpoint import read_safetensors
-    from encore.pipeline.loading import load_vae
+    from encore.pipeline.convert import silence_from_official
 
     folder = Path(folder)
-    vae, vcfg = load_vae(folder, dtype=torch.float32)
+    if not (folder / SILENCE_NAME).is_file() or loading.is_dit_dir(folder):
+        try:
+            paths = loading.resolve_checkpoint(folder)
+        except CheckpointError as exc:
+            raise CheckpointError(str(folder), f"neither a finalized VAE folder (no {SILENCE_NAME}) nor a "
+                                               f"released model ({exc})") from exc  # fmt: skip
+        vae, vcfg = loading.load_vae(paths.vae, dtype=torch.float32)
+        return vae, vcfg, loading.load_silence(paths, vcfg.latent_channels)
+    vae, vcfg = loading.load_vae(folder, dtype=torch.float32)
     silence = read_safetensors(folder / SILENCE_NAME)["silence_latent"].float()
+    if silence.ndim == 3:
+        try:
+            silence = silence_from_official(silence, vcfg.latent_channels)
+        except ValueError as exc:
+            raise CheckpointError(str(folder / SILENCE_NAME), str(exc)) from exc
+    if silence.ndim != 2 or silence.shape[1] != vcfg.latent_channels:
+        raise CheckpointError(str(folder / SILENCE_NAME), f"silence latent must be [T, {vcfg.latent_channels}] "
+                                                          f"or [1, {vcfg.latent_channels}, T], got "
+                                                          f"{list(silence.shape)}")  # fmt: skip
     return vae, vcfg, silence
 
 
