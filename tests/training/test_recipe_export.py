@@ -125,3 +125,24 @@ def _one_clip_cache():
 
     clip = CachedClip(clip_id="c", mix=torch.randn(40, 8), labels={"caption": "x"})
     return LatentCache(clips=[clip], silence=torch.zeros(100, 8), sample_rate=8000, hop_samples=320)
+
+
+def test_recipes_read_a_diffusers_layout_model(tmp_path: Path) -> None:
+    """The diffusers layout (DiT config split over transformer/condition encoder, silence latent as a buffer) gives
+    the recipes the same DiT, VAE and silence latent as the pipeline loader."""
+    from encore.pipeline.loading import load_components
+    from encore.pipeline.random_checkpoint import write_random_checkpoint
+    from encore.training.recipes.vae import load_vae_checkpoint
+
+    folder = write_random_checkpoint(tmp_path / "diff", seed=3, layout="diffusers", silence_frames=60)
+    reference = load_components(folder, device="cpu", dtype="float32")
+    assert reference.paths.layout == "diffusers"
+    model = load_dit_checkpoint(folder)
+    assert model.config == reference.config
+    expected = reference.model.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    vae, _, silence = load_vae_checkpoint(folder)
+    assert torch.equal(silence, reference.silence_latent) and silence.shape[0] == 60
+    for key, value in vae.state_dict().items():
+        assert torch.equal(value, reference.vae.state_dict()[key]), key
