@@ -408,16 +408,30 @@ def load_model(
     return model.eval()
 
 
-def load_vae(folder: Path, *, dtype: torch.dtype, check_finite: bool = True) -> tuple[OobleckVAE, VAEConfig]:
-    """Reads `vae/config.json` + weights, folds weight norm and loads `OobleckVAE` (CPU)."""
-    from encore.models.vae import OobleckVAE, VAEConfig
+def load_dit(paths: CheckpointPaths, *, dtype: torch.dtype, check_finite: bool = True) -> AceStepModel:
+    """The DiT of a checkpoint alone (no VAE weights, no text encoder), e.g. to start a training run from it."""
+    # The diffusers layout derives the code rate from the VAE's strides; the official one states it.
+    vae_config = None if paths.layout == "official" else read_vae_config(paths.vae)
+    return load_model(paths, load_dit_config(paths, vae_config), dtype=dtype, check_finite=check_finite)
+
+
+def read_vae_config(folder: Path) -> VAEConfig:
+    """`folder/config.json` as a `VAEConfig`; a CheckpointError names the file when it is missing or invalid."""
+    from encore.models.vae import VAEConfig
 
     cfg_path = folder / "config.json"
     read_json(cfg_path)  # existence + JSON checks with a CheckpointError naming the file
     try:
-        vae_config = VAEConfig.from_json(cfg_path)
+        return VAEConfig.from_json(cfg_path)
     except (ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(str(cfg_path), str(exc)) from exc
+
+
+def load_vae(folder: Path, *, dtype: torch.dtype, check_finite: bool = True) -> tuple[OobleckVAE, VAEConfig]:
+    """Reads `vae/config.json` + weights, folds weight norm and loads `OobleckVAE` (CPU)."""
+    from encore.models.vae import OobleckVAE
+
+    vae_config = read_vae_config(folder)
     raw = scan_weights(folder, DIFFUSERS_WEIGHTS)
     for key, entry in raw.entries.items():
         if not entry.dtype.is_floating_point:

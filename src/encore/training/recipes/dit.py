@@ -579,7 +579,6 @@ def load_dit_checkpoint(folder: str | Path) -> AceStepModel:
 
 def _load_released_dit(path: Path) -> AceStepModel:
     """A released DiT (official or diffusers layout, or `embedded`) in float32, validated as the pipeline does."""
-    from encore.models.vae import VAEConfig
     from encore.pipeline import loading
 
     try:
@@ -587,9 +586,7 @@ def _load_released_dit(path: Path) -> AceStepModel:
     except CheckpointError as exc:
         raise CheckpointError(str(path), f"neither a training checkpoint (no {STATE_NAME}) nor a released "
                                          f"model ({exc})") from exc  # fmt: skip
-    # The diffusers layout derives the code rate from the VAE's strides; the official one states it.
-    vae_config = None if paths.layout == "official" else VAEConfig.from_json(paths.vae / "config.json")
-    return loading.load_model(paths, loading.load_dit_config(paths, vae_config), dtype=torch.float32)
+    return loading.load_dit(paths, dtype=torch.float32)
 
 
 def build_text_encoder(spec: str, hidden: int) -> tuple[nn.Module, Any]:
