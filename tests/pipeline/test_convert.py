@@ -229,6 +229,7 @@ def test_fold_rejects_broken_pairs(sd):
         AceStepConfig.tiny(is_turbo=False, model_version="base"),
         AceStepConfig.xl(),
         AceStepConfig(),
+        AceStepConfig.tiny(beat_hints=True),
     ],
 )
 def test_config_diffusers_round_trip(config):

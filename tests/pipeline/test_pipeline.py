@@ -273,3 +273,37 @@ def test_vae_calls_reuse_the_cpu_heap(turbo: Pipeline, monkeypatch: pytest.Monke
     assert entered == ["in"] and audio.shape[-1] == 5 * turbo.hop_samples
     turbo.encode_audio(audio[0], sample=False)
     assert entered == ["in", "in"]
+
+
+def test_a_model_trained_with_beat_hints_gets_them_for_text2music_with_a_bpm(
+    tmp_path: Path, turbo: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers.tiny_pipeline import SILENCE_FRAMES, VAE_8K
+
+    from encore.models.config import AceStepConfig
+    from encore.pipeline.random_checkpoint import write_random_checkpoint
+    from encore.tasks import conditioning as tc
+    from encore.tasks.beat_hints import beat_hints
+
+    dit = write_random_checkpoint(tmp_path, config=AceStepConfig.tiny(beat_hints=True), vae_config=VAE_8K,
+                                  silence_frames=SILENCE_FRAMES, dit_dir="acestep-v15-turbo")  # fmt: skip
+    hinted = Pipeline.from_pretrained(dit, device="cpu")
+    seen: list[torch.Tensor | None] = []
+    real = tc.build_conditioning
+
+    def spy(*args: object, **kwargs: object) -> tc.Conditioning:
+        seen.append(kwargs.get("hint_latents"))  # type: ignore[arg-type]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tc, "build_conditioning", spy)
+    with_bpm = _request(text=dataclasses.replace(TEXT, bpm=90))
+    result = hinted.generate(with_bpm)
+    assert result.params["beat_hints"] is True and result.params["instruction"].startswith("Generate audio semantic")
+    frames = result.params["num_frames"]
+    expected = beat_hints(hinted.silence, 90.0, num_frames=frames, sample_rate=hinted.sample_rate,
+                          hop_samples=hinted.hop_samples)  # fmt: skip
+    assert seen[-1] is not None and torch.equal(seen[-1], expected)
+    hinted.generate(_request())  # no bpm: the plain text2music context
+    assert seen[-1] is None
+    plain = turbo.generate(with_bpm)  # a model not trained with them never gets them
+    assert seen[-1] is None and "beat_hints" not in plain.params

@@ -323,3 +323,37 @@ def test_text_budgets_match_the_pipeline() -> None:
 
     assert dit.CAPTION_MAX_TOKENS == pipeline.CAPTION_MAX_TOKENS == preprocess.CAPTION_MAX_TOKENS
     assert dit.LYRIC_MAX_TOKENS == pipeline.LYRIC_MAX_TOKENS == preprocess.LYRICS_MAX_TOKENS
+
+
+def test_beat_hints_replace_the_silence_context_of_text2music_items(tmp_path: Path) -> None:
+    from encore.tasks.beat_hints import beat_hints
+
+    cache = make_cache()
+    clip = cache.clips[2]  # 60 frames: a 40-frame crop starts at a random offset
+    only_t2m = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    cfg = DiTTrainConfig(output_dir="unused", geometry="tiny", crop_frames=40, task_weights=only_t2m,
+                         beat_hint_prob=1.0)  # fmt: skip
+    offsets = set()
+    for seed in range(12):
+        item = build_item(clip, cache, cfg, torch.Generator().manual_seed(seed))
+        cond = item.cond
+        assert cond.is_cover and cond.src_is_hints and cond.instruction == prompts.COVER_INSTRUCTION
+        # Which crop was drawn: the target is the mix from some offset; the hints carry that offset's phase.
+        start = next(s for s in range(21) if torch.equal(item.target, clip.mix[s : s + 40]))
+        offsets.add(start)
+        expected = beat_hints(cache.silence, 102.0, num_frames=40, sample_rate=8000, hop_samples=320,
+                              offset_frames=start)  # fmt: skip
+        assert torch.equal(cond.src_latents, expected)
+    assert len(offsets) > 1
+    # Other tasks and prob 0 are untouched, and only a hinted run flags the model config.
+    plain = build_item(clip, cache, dataclasses.replace(cfg, beat_hint_prob=0.0), torch.Generator().manual_seed(0))
+    assert not plain.cond.is_cover and torch.equal(plain.cond.src_latents, cache.silence[:40])
+    cover = build_item(clip, cache, dataclasses.replace(cfg, task_weights=(0, 0, 1.0, 0, 0, 0)),
+                       torch.Generator().manual_seed(0))  # fmt: skip
+    assert not cover.cond.src_is_hints
+    recipe = DiTRecipe(_config(tmp_path, max_steps=2, beat_hint_prob=0.5), cache=cache)
+    recipe.setup()
+    recipe.train()
+    assert load_dit_checkpoint(max((tmp_path / "checkpoints").iterdir())).config.beat_hints
+    with pytest.raises(InvalidRequest, match="beat_hint_prob"):
+        _config(tmp_path, beat_hint_prob=1.5)

@@ -86,6 +86,9 @@ class AceStepConfig:
     # --- variant ---
     is_turbo: bool = True
     model_version: str | None = "turbo"
+    beat_hints: bool = False
+    """Encore extension, not an official key (written only when set): the DiT was trained to read rule-written
+    beat hints in its context (`encore.tasks.beat_hints`), and text2music with a bpm gives it them."""
 
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Ignored keys read from config.json, kept so to_json round-trips them."""
@@ -219,7 +222,7 @@ class AceStepConfig:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if f.name.startswith("encoder_") and value is None:
+            if (f.name.startswith("encoder_") and value is None) or (f.name == "beat_hints" and not value):
                 continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
         out.setdefault("model_type", "acestep")

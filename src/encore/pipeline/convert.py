@@ -383,6 +383,7 @@ def config_from_diffusers(
     is_turbo = bool(t.get("is_turbo", False)) or t.get("model_version") == "turbo"
     fields["is_turbo"] = is_turbo
     fields["model_version"] = t.get("model_version") or ("turbo" if is_turbo else None)
+    fields["beat_hints"] = bool(t.get("beat_hints", False))  # Encore's own key, like timbre_fix_frame
     return AceStepConfig(**fields)
 
 
@@ -418,6 +419,7 @@ def config_to_diffusers(config: AceStepConfig) -> dict[str, dict[str, Any]]:
         encoder_hidden_size=config.enc_hidden_size,
         is_turbo=config.is_turbo,
         model_version=config.model_version,
+        **({"beat_hints": True} if config.beat_hints else {}),
         **common,
     )
     condition_encoder = dict(

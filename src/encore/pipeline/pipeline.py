@@ -40,6 +40,7 @@ from encore.pipeline.request import (
 from encore.sampling import guidance, schedules, solvers
 from encore.tasks import conditioning as tc
 from encore.tasks import prompts
+from encore.tasks.beat_hints import beat_hints
 from encore.tasks.spec import Complete, Cover, Extend, Extract, Lego, Repaint, Text2Music
 from encore.utils.cpu_memory import reused_heap
 
@@ -490,11 +491,24 @@ class Pipeline:
                 num_frames = tc.frames_for_duration(run.text.duration_s, self.hop_samples, self.sample_rate)
             if source_latents is not None:
                 self._check_window(task, source_latents.shape[0])
-            conds = [self._build(run, task, source_latents, hints=None, num_frames=num_frames)]
+            hints = self._beat_hints(run, num_frames)
+            conds = [self._build(run, task, source_latents, hints=hints, num_frames=num_frames)]
         cond = conds[0]
         run.params.update(num_frames=cond.num_frames, instruction=cond.instruction,
                           region_frames=list(cond.region) if cond.region else None)
         return conds
+
+    def _beat_hints(self, run: _Run, num_frames: int | None) -> Tensor | None:
+        """Rule-written beat hints for text2music with a bpm, when the DiT was trained to read them."""
+        bpm = run.text.bpm
+        if not self.config.beat_hints or not isinstance(run.request.task, Text2Music) or bpm is None:
+            return None
+        assert num_frames is not None
+        if num_frames > self.silence.shape[0]:
+            return None  # `_build` names the over-long duration
+        run.params["beat_hints"] = True
+        return beat_hints(self.silence, float(bpm), num_frames=num_frames, sample_rate=self.sample_rate,
+                          hop_samples=self.hop_samples)
 
     def _build(self, run: _Run, task: Any, source_latents: Tensor | None, *, hints: Tensor | None,
                num_frames: int | None) -> tc.Conditioning:

@@ -90,6 +90,9 @@ class DistillConfig(RecipeConfig):
     tempo_stretch: float = 0.0
     """As in the DiT recipe: probability of re-timing an item's latents, bpm and captions."""
     tempo_stretch_max: float = 1.2
+    beat_hint_prob: float = 0.0
+    """As in the DiT recipe: probability of conditioning a text2music item on beat hints. Needs a teacher trained
+    with them (config ``beat_hints``), whose flag the student inherits."""
     max_latent_std: float | None = None
     """As in the DiT recipe: drop clips whose mix latents have a larger std."""
     ema_decay: float = 0.0
@@ -121,6 +124,7 @@ class DistillConfig(RecipeConfig):
             cfg_dropout=0.0,
             tempo_stretch=self.tempo_stretch,
             tempo_stretch_max=self.tempo_stretch_max,
+            beat_hint_prob=self.beat_hint_prob,
             max_latent_std=self.max_latent_std,
         )
 
@@ -151,6 +155,8 @@ class DistillRecipe(Recipe[DistillConfig]):
         if not cfg.teacher:
             raise InvalidRequest("teacher", "needs the base DiT checkpoint folder")
         self.teacher = load_dit_checkpoint(cfg.teacher).to(self.device).requires_grad_(False)
+        if cfg.beat_hint_prob and not self.teacher.config.beat_hints:
+            raise InvalidRequest("beat_hint_prob", f"the teacher {cfg.teacher} was not trained with beat hints")
         turbo = dataclasses.replace(self.teacher.config, is_turbo=True, model_version="turbo")
         self.student = AceStepModel(turbo).to(self.device)
         self.student.load_state_dict(self.teacher.state_dict())

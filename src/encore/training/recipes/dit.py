@@ -41,6 +41,7 @@ from encore.models.config import AceStepConfig
 from encore.models.fsq import levels_to_codes, quantize_levels, soft_clamp
 from encore.tasks import conditioning as tc
 from encore.tasks import prompts
+from encore.tasks.beat_hints import beat_hints
 from encore.tasks.spec import Complete, Cover, Extract, Lego, Repaint, TaskSpec, Text2Music
 from encore.training import embedded
 from encore.training.checkpointing import STATE_NAME
@@ -332,6 +333,11 @@ class DiTTrainConfig(RecipeConfig):
     factor `tempo_stretch_max` of the label, with bpm, metas and captions rewritten to match. Each BPM value is
     otherwise seen in a handful of clips, and the caption encoder gives the number no usable magnitude."""
     tempo_stretch_max: float = 1.2
+    beat_hint_prob: float = 0.0
+    """Probability that a text2music item with a bpm is conditioned on beat hints (`encore.tasks.beat_hints`:
+    the beat phase from its, possibly re-timed, bpm and crop offset) instead of the silence context. Above 0 the
+    model's config gets ``beat_hints`` and the pipeline then gives it hints for every text2music request with a
+    bpm."""
     max_latent_std: float | None = None
     """Drop clips whose mix latents have a larger std (the embedded encoder blows up on a few bright, sustained
     renders: std 15-21 where the corpus median is 0.8, and their loss spikes dominate whole steps)."""
@@ -347,7 +353,7 @@ class DiTTrainConfig(RecipeConfig):
             raise InvalidRequest("tempo_stretch_max", f"must be >= 1, got {self.tempo_stretch_max}")
         if self.max_latent_std is not None and not self.max_latent_std > 0:
             raise InvalidRequest("max_latent_std", f"must be > 0, got {self.max_latent_std}")
-        for name in ("cfg_dropout", "meta_dropout", "reference_prob", "tempo_stretch"):
+        for name in ("cfg_dropout", "meta_dropout", "reference_prob", "tempo_stretch", "beat_hint_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidRequest(name, f"must be in [0, 1], got {getattr(self, name)}")
 
@@ -483,6 +489,7 @@ def build_item(
         num_frames=frames,
         sample_rate=cache.sample_rate,
         hop_samples=cache.hop_samples,
+        hint_latents=_maybe_beat_hints(spec, clip, start, content, cache, config, gen),
     )
     labels = clip.labels
     captions = [c for c in [labels.get("caption", ""), *labels.get("captions", [])] if c]
@@ -503,6 +510,26 @@ def build_item(
         caption_prompt=prompts.format_caption_prompt(cond.instruction, caption, metas),
         lyric_prompt=lyric_prompt,
     )
+
+
+def _maybe_beat_hints(
+    spec: TaskSpec,
+    clip: CachedClip,
+    start: int,
+    content: int,
+    cache: LatentCache,
+    config: DiTTrainConfig,
+    gen: torch.Generator,
+) -> Tensor | None:
+    """Beat hints for a text2music item with probability `beat_hint_prob` (no draw at 0, so runs without hints
+    keep their random streams)."""
+    bpm = clip.labels.get("bpm")
+    if not config.beat_hint_prob or not isinstance(spec, Text2Music):
+        return None
+    if _uniform(gen) >= config.beat_hint_prob or not isinstance(bpm, (int, float)) or bpm <= 0:
+        return None
+    return beat_hints(cache.silence, float(bpm), num_frames=content, sample_rate=cache.sample_rate,
+                      hop_samples=cache.hop_samples, offset_frames=start)  # fmt: skip
 
 
 def _spec_for(task: str, clip: CachedClip, duration: float, gen: torch.Generator) -> TaskSpec:
@@ -723,6 +750,8 @@ class DiTRecipe(Recipe[DiTTrainConfig]):
         cfg = self.config
         self.cache = drop_outliers(LatentCache.given_or_loaded(self.cache, cfg.cache_dir), cfg.max_latent_std)
         self.model_config = embedded.dit_config(cfg.geometry, latent_channels=self.cache.latent_channels)
+        if cfg.beat_hint_prob:
+            self.model_config = dataclasses.replace(self.model_config, beat_hints=True)
         # Initialisation draws from torch's global RNG; fork_rng restores the caller's state afterwards.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)

@@ -1,0 +1,78 @@
+"""Beat hints: a 25 Hz DiT context written by rule from a tempo, for models trained to read it.
+
+The official planner tells the DiT where the music goes by writing 5 Hz audio codes, which the detokenizer turns
+into 25 Hz hint latents in the cover slot of the context. The embedded model has no planner that can write codes
+(its corpus is far too small to learn them), and a bpm that reaches the DiT only as a number token in the
+caption was not learned (docs/model-card.md, fifth session). A beat hint fills the same slot from the bpm alone:
+the silence latent plus the beat phase ``φ(t) = t·bpm/60`` as ``cos 2πφ`` and ``sin 2πφ`` along two fixed
+orthogonal channel patterns, so every frame carries its position inside the beat to sub-frame precision.
+
+A model whose config has ``beat_hints`` set was trained with these hints (``beat_hint_prob`` in the DiT recipe)
+with beat 0 at the clip's first sample, the corpus's render convention; the pipeline adds them to text2music
+requests that give a bpm and no audio codes. Official checkpoints never see them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from encore.errors import InvalidRequest
+
+BEAT_HINT_AMPLITUDE = 1.0
+"""Per-channel amplitude of the phase patterns (the embedded latents' per-channel std is about 0.7)."""
+
+
+def beat_phase(num_frames: int, bpm: float, *, frame_rate: float, offset_frames: int = 0) -> Tensor:
+    """Beats elapsed at the start of each frame, float64 `[num_frames]` (frame `offset_frames` of the clip is
+    index 0, so a crop keeps the phase of the clip it was cut from)."""
+    if not (math.isfinite(bpm) and bpm > 0):
+        raise InvalidRequest("text.bpm", f"beat hints need a positive bpm, got {bpm}")
+    frames = torch.arange(offset_frames, offset_frames + num_frames, dtype=torch.float64)
+    return frames / frame_rate * (bpm / 60.0)
+
+
+def phase_patterns(channels: int) -> tuple[Tensor, Tensor]:
+    """The two channel patterns `[C]` the phase is written along: all ones, and alternating ±1 (orthogonal for
+    an even channel count, which every ACE-Step VAE has)."""
+    if channels < 2 or channels % 2:
+        raise ValueError(f"beat hints need an even number of latent channels >= 2, got {channels}")
+    ones = torch.ones(channels, dtype=torch.float64)
+    alternating = torch.where(torch.arange(channels) % 2 == 0, 1.0, -1.0).to(torch.float64)
+    return ones, alternating
+
+
+def beat_hints(
+    silence: Tensor,
+    bpm: float,
+    *,
+    num_frames: int,
+    sample_rate: int,
+    hop_samples: int,
+    offset_frames: int = 0,
+    amplitude: float = BEAT_HINT_AMPLITUDE,
+) -> Tensor:
+    """Hint latents `[num_frames, C]` for a tempo: silence frames plus the beat phase (see module docstring).
+
+    Args:
+        silence: The checkpoint's silence latent `[T_sil, C]`; its first `num_frames` frames are the base, and
+            the result has its dtype and device.
+        bpm: Beats per minute (quarter notes, as the corpus labels count them).
+        num_frames: Frames to write.
+        sample_rate: VAE sample rate in Hz.
+        hop_samples: VAE hop in samples per latent frame.
+        offset_frames: Frame of the clip the hints start at (training crops); 0 at inference.
+        amplitude: Per-channel amplitude of the patterns.
+
+    Returns:
+        `[num_frames, C]` in `silence`'s dtype.
+    """
+    if silence.dim() != 2 or silence.shape[0] < num_frames:
+        raise ValueError(f"silence latent {tuple(silence.shape)} does not cover {num_frames} frames")
+    phase = 2.0 * math.pi * beat_phase(num_frames, bpm, frame_rate=sample_rate / hop_samples,
+                                       offset_frames=offset_frames)  # fmt: skip
+    ones, alternating = phase_patterns(int(silence.shape[1]))
+    pattern = amplitude * (torch.cos(phase)[:, None] * ones + torch.sin(phase)[:, None] * alternating)
+    return silence[:num_frames] + pattern.to(device=silence.device, dtype=silence.dtype)
