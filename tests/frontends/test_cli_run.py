@@ -257,7 +257,10 @@ def test_demo_says_it_is_a_random_model(tmp_path: Path, capsys: pytest.CaptureFi
     assert "RANDOM weights" in err and "random tiny model" in stdout
     info = sf.info(tmp_path / "encore-demo.flac")
     assert (info.samplerate, info.channels, info.frames) == (48000, 2, 48000)
-    assert read_metadata(tmp_path / "encore-demo.flac")["params"]["model"]["note"].startswith("random tiny")
+    meta = read_metadata(tmp_path / "encore-demo.flac")
+    assert meta["params"]["model"]["note"].startswith("random tiny") and meta["request"]["text"]["bpm"] == 120
+    code, _, err = _run(capsys, "demo", "--bpm", "400", "--cache-dir", tmp_path / "cache", "-q")
+    assert code == cli.EXIT_USAGE and "bpm" in err and "Traceback" not in err
 
 
 def test_console_script_runs(turbo: Path, tmp_path: Path) -> None:

@@ -166,3 +166,19 @@ def test_config_validation(tmp_path: Path) -> None:
         DistillConfig(output_dir=str(tmp_path), shifts=(1.5,))
     with pytest.raises(ValueError, match="ema_decay"):
         DistillConfig(output_dir=str(tmp_path), ema_decay=1.0)
+
+
+def test_beat_hints_need_a_teacher_trained_with_them(tmp_path: Path, teacher: Path) -> None:
+    recipe = DistillRecipe(_config(tmp_path / "plain", teacher, max_steps=1, beat_hint_prob=0.5), cache=_cache())
+    with pytest.raises(ValueError, match="beat_hint_prob"):
+        recipe.setup()
+    hinted = DiTRecipe(DiTTrainConfig(output_dir=str(tmp_path / "hinted"), geometry="tiny", text_encoder="tiny",
+                                      batch_size=4, crop_frames=40, max_steps=1, num_threads=1, beat_hint_prob=0.5),
+                       cache=_cache())  # fmt: skip
+    hinted.setup()
+    hinted.train()
+    student = DistillRecipe(_config(tmp_path / "student", max((tmp_path / "hinted" / "checkpoints").iterdir()),
+                                    max_steps=2, beat_hint_prob=0.5), cache=_cache())  # fmt: skip
+    student.setup()
+    assert len(student.train()) == 2
+    assert load_dit_checkpoint(max((tmp_path / "student" / "checkpoints").iterdir())).config.beat_hints

@@ -21,6 +21,8 @@ from encore.frontends import cli
 
 DEMO_CAPTION = "upbeat synth-pop with punchy drums, bright arpeggios and a catchy lead"
 DEMO_DURATION_S = 10.0
+DEMO_BPM = 120
+"""The demo's tempo: written into the metas, and into beat hints for a model trained with them."""
 DEMO_SEED = 42
 RANDOM_MODEL_NOTICE = (
     "NOTE: the built-in embedded model is not bundled with this installation, so `encore demo` runs a tiny model "
@@ -38,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=DEMO_DURATION_S, metavar="SECONDS",
                    help=f"Length in seconds (default: {DEMO_DURATION_S:g}).")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help=f"Seed (default: {DEMO_SEED}).")
+    p.add_argument("--bpm", type=int, default=DEMO_BPM, help=f"Tempo, 30-300 (default: {DEMO_BPM}).")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="Where the random fallback checkpoint is kept when the embedded model is not bundled "
                         "(default: $ENCORE_CACHE_DIR or ~/.cache/encore).")
@@ -85,8 +88,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.output.suffix.lower() not in cli.FORMATS_BY_SUFFIX:
         raise InvalidRequest("--output", f"unknown audio suffix {args.output.suffix!r}")
     fmt = cli.FORMATS_BY_SUFFIX[args.output.suffix.lower()]
-    request = GenerationRequest(text=TextInputs(caption=args.caption, duration_s=args.duration), seeds=(args.seed,),
-                                output=_output_options(fmt))
+    text = TextInputs(caption=args.caption, duration_s=args.duration, bpm=args.bpm)
+    request = GenerationRequest(text=text, seeds=(args.seed,), output=_output_options(fmt))
     model = demo_model(cache_dir(args.cache_dir))
     notice = RANDOM_MODEL_NOTICE.format(path=model.path) if model.random else None
     if notice is not None:
