@@ -56,7 +56,7 @@ def test_export_writes_the_official_layout(tmp_path: Path) -> None:
     dest, dit_checkpoint, _ = _export_tiny(tmp_path)
     assert json.loads((dest / "embedded.json").read_text())["text_encoder"] == embedded.TEXT_ENCODER_DIR
     paths = resolve_checkpoint(dest)
-    assert paths.dit.name == embedded.TURBO_DIR
+    assert paths.dit.name == embedded.BASE_DIR  # a DiT recipe checkpoint is a base model, and its folder says so
     _vae, vcfg = load_vae(paths.vae, dtype=torch.float32)
     assert vcfg == embedded.vae_config("tiny")
     config = load_dit_config(paths, vcfg)
@@ -84,7 +84,7 @@ def test_recipes_start_from_a_released_model(tmp_path: Path) -> None:
 
     dest, dit_checkpoint, vae_dir = _export_tiny(tmp_path)
     trained = load_dit_checkpoint(dit_checkpoint).state_dict()
-    for source in (dest, dest / embedded.TURBO_DIR):  # the root and the DiT folder both name the model
+    for source in (dest, dest / embedded.BASE_DIR):  # the root and the DiT folder both name the model
         released = load_dit_checkpoint(source).state_dict()
         assert released.keys() == trained.keys()
         for key, value in released.items():

@@ -240,7 +240,8 @@ def export_embedded(
 ) -> Path:
     """Writes the trained embedded model in the official checkpoint layout (SPEC §1).
 
-    `dest/acestep-v15-turbo/` (DiT: config.json, model.safetensors, silence latent), `dest/vae/`,
+    `dest/acestep-v15-turbo/` (DiT: config.json, model.safetensors, silence latent; `acestep-v15-base/` when the
+    default DiT is a base model), `dest/vae/`,
     `dest/all-MiniLM-L6-v2/` (caption encoder + tokenizer), optionally `dest/acestep-v15-base/` and
     `dest/acestep-5Hz-lm-embedded/`. Weights are cast to `dtype`.
 
@@ -262,14 +263,20 @@ def export_embedded(
     from encore.training.recipes.dit import load_dit_checkpoint
     from encore.training.recipes.vae import load_vae_checkpoint
 
+    default = load_dit_checkpoint(dit_checkpoint)
+    # The default DiT's folder says what it is: a DiT recipe checkpoint (not distilled) is a base model.
+    default_dir = TURBO_DIR if default.config.is_turbo else BASE_DIR
+    if base_checkpoint is not None and default_dir == BASE_DIR:
+        raise ValueError(f"{dit_checkpoint} is a base model, so it takes the {BASE_DIR} folder that "
+                         f"base={base_checkpoint} asks for; export a turbo (distilled) DiT as dit= alongside it")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     vae, vcfg, silence = load_vae_checkpoint(vae_checkpoint)
     write_vae(dest / "vae", vcfg, {k: v.to(dtype) for k, v in vae.state_dict().items()})
-    for folder, ckpt in ((TURBO_DIR, dit_checkpoint), (BASE_DIR, base_checkpoint)):
+    for folder, ckpt in ((default_dir, dit_checkpoint), (BASE_DIR, base_checkpoint)):
         if ckpt is None:
             continue
-        model = load_dit_checkpoint(ckpt)
+        model = default if ckpt is dit_checkpoint else load_dit_checkpoint(ckpt)
         official = convert.encore_to_official({k: v.to(dtype) for k, v in model.state_dict().items()})
         write_official_dit(dest / folder, model.config, official, silence, write_pt=False)
     src = Path(text_encoder) if text_encoder is not None else minilm_path()
