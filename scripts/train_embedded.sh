@@ -37,6 +37,7 @@ DIT_STEPS="${DIT_STEPS:-10000}"
 DISTILL_STEPS="${DISTILL_STEPS:-2000}"
 PLANNER_STEPS="${PLANNER_STEPS:-3000}"
 STEM_FRACTION="${STEM_FRACTION:-0.3}"
+BEAT_HINT_PROB="${BEAT_HINT_PROB:-0.75}"  # share of text2music items conditioned on beat hints (0 = none)
 MAX_CLIPS="${MAX_CLIPS:-}"
 VAE_ARGS="${VAE_ARGS:-}"
 DIT_ARGS="${DIT_ARGS:-}"
@@ -90,13 +91,14 @@ encode_latents() {
 train_dit() {
   # shellcheck disable=SC2086
   "$PY" -m encore.training.recipes.dit cache_dir="$RUN/latents" output_dir="$RUN/dit" seed="$SEED" \
-    num_threads="$THREADS" max_steps="$DIT_STEPS" $DIT_ARGS
+    num_threads="$THREADS" max_steps="$DIT_STEPS" beat_hint_prob="$BEAT_HINT_PROB" $DIT_ARGS
 }
 
 distill() {
   # shellcheck disable=SC2086
   "$PY" -m encore.training.recipes.distill cache_dir="$RUN/latents" teacher="$(latest "$RUN/dit")" \
-    output_dir="$RUN/distill" seed="$SEED" num_threads="$THREADS" max_steps="$DISTILL_STEPS" $DISTILL_ARGS
+    output_dir="$RUN/distill" seed="$SEED" num_threads="$THREADS" max_steps="$DISTILL_STEPS" \
+    beat_hint_prob="$BEAT_HINT_PROB" $DISTILL_ARGS
 }
 
 train_planner() {
