@@ -491,21 +491,17 @@ class Pipeline:
                 num_frames = tc.frames_for_duration(run.text.duration_s, self.hop_samples, self.sample_rate)
             if source_latents is not None:
                 self._check_window(task, source_latents.shape[0])
-            hints = self._beat_hints(run, num_frames)
-            conds = [self._build(run, task, source_latents, hints=hints, num_frames=num_frames)]
+            conds = [self._build(run, task, source_latents, hints=None, num_frames=num_frames)]
         cond = conds[0]
         run.params.update(num_frames=cond.num_frames, instruction=cond.instruction,
                           region_frames=list(cond.region) if cond.region else None)
         return conds
 
-    def _beat_hints(self, run: _Run, num_frames: int | None) -> Tensor | None:
+    def _beat_hints(self, run: _Run, task: Any, num_frames: int) -> Tensor | None:
         """Rule-written beat hints for text2music with a bpm, when the DiT was trained to read them."""
         bpm = run.text.bpm
-        if not self.config.beat_hints or not isinstance(run.request.task, Text2Music) or bpm is None:
+        if not self.config.beat_hints or not isinstance(task, Text2Music) or bpm is None:
             return None
-        assert num_frames is not None
-        if num_frames > self.silence.shape[0]:
-            return None  # `_build` names the over-long duration
         run.params["beat_hints"] = True
         return beat_hints(self.silence, float(bpm), num_frames=num_frames, sample_rate=self.sample_rate,
                           hop_samples=self.hop_samples)
@@ -519,6 +515,8 @@ class Pipeline:
             raise InvalidRequest("text.duration_s" if num_frames is not None else "task",
                                  f"{needed} latent frames exceed the checkpoint's silence latent "
                                  f"({self.silence.shape[0]} frames)")
+        if hints is None and num_frames is not None:  # planned codes take priority over beat hints
+            hints = self._beat_hints(run, task, num_frames)
         cond = tc.build_conditioning(task, source_latents=source_latents, silence_latent=self.silence,
                                      num_frames=num_frames, sample_rate=self.sample_rate,
                                      hop_samples=self.hop_samples, hint_latents=hints,

@@ -273,10 +273,10 @@ def export_embedded(
     dest.mkdir(parents=True, exist_ok=True)
     vae, vcfg, silence = load_vae_checkpoint(vae_checkpoint)
     write_vae(dest / "vae", vcfg, {k: v.to(dtype) for k, v in vae.state_dict().items()})
-    for folder, ckpt in ((default_dir, dit_checkpoint), (BASE_DIR, base_checkpoint)):
-        if ckpt is None:
-            continue
-        model = default if ckpt is dit_checkpoint else load_dit_checkpoint(ckpt)
+    dits = [(default_dir, default)]
+    if base_checkpoint is not None:
+        dits.append((BASE_DIR, load_dit_checkpoint(base_checkpoint)))
+    for folder, model in dits:
         official = convert.encore_to_official({k: v.to(dtype) for k, v in model.state_dict().items()})
         write_official_dit(dest / folder, model.config, official, silence, write_pt=False)
     src = Path(text_encoder) if text_encoder is not None else minilm_path()
