@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from encore.training.recipes.distill import DistillConfig, DistillRecipe
+from encore.training.objectives import draw_flow, flow_matching_loss, item_generators
+from encore.training.recipes.base import step_generator
+from encore.training.recipes.distill import _STREAM_ANCHOR, _STREAM_BATCH, DistillConfig, DistillRecipe
 from encore.training.recipes.dit import (
     CachedClip,
     DiTRecipe,
@@ -166,6 +168,28 @@ def test_config_validation(tmp_path: Path) -> None:
         DistillConfig(output_dir=str(tmp_path), shifts=(1.5,))
     with pytest.raises(ValueError, match="ema_decay"):
         DistillConfig(output_dir=str(tmp_path), ema_decay=1.0)
+    with pytest.raises(ValueError, match="flow_weight"):
+        DistillConfig(output_dir=str(tmp_path), flow_weight=-1.0)
+
+
+def test_flow_anchor_is_the_students_flow_loss_on_the_real_batch(tmp_path: Path, teacher: Path) -> None:
+    recipe = DistillRecipe(_config(tmp_path, teacher, max_steps=1, flow_weight=0.5), cache=_cache())
+    recipe.setup()
+    cfg = recipe.config
+    x0, states, context, mask = recipe._batch(step_generator(cfg.seed, 0, _STREAM_BATCH))
+    draw = draw_flow(item_generators(cfg.seed, 0, range(x0.shape[0]), _STREAM_ANCHOR), x0.shape[1], x0.shape[2],
+                     cfg_dropout=0.0)  # fmt: skip
+    with torch.no_grad():
+        expected = flow_matching_loss(
+            recipe.student.decoder, x0, context, states, recipe.teacher.null_condition_emb, draw, mask
+        ).mean()
+    row = recipe.train_step(0)
+    assert row["flow"] == pytest.approx(expected.item(), rel=1e-5)
+    assert row["loss"] == pytest.approx(row["dmd"] + cfg.adversarial_weight * row["adv"] + 0.5 * row["flow"], rel=1e-5)
+    assert row["student_std"] > 0 and row["data_std"] == pytest.approx(x0.std().item())
+    plain = DistillRecipe(_config(tmp_path / "plain", teacher, max_steps=1), cache=_cache())
+    plain.setup()
+    assert plain.train_step(0)["flow"] == 0.0
 
 
 def test_beat_hints_need_a_teacher_trained_with_them(tmp_path: Path, teacher: Path) -> None:
