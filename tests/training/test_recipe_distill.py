@@ -170,6 +170,18 @@ def test_config_validation(tmp_path: Path) -> None:
         DistillConfig(output_dir=str(tmp_path), ema_decay=1.0)
     with pytest.raises(ValueError, match="flow_weight"):
         DistillConfig(output_dir=str(tmp_path), flow_weight=-1.0)
+    with pytest.raises(ValueError, match="dmd_min_t"):
+        DistillConfig(output_dir=str(tmp_path), dmd_min_t=1.0)
+
+
+def test_dmd_min_t_maps_the_same_draw_above_it(tmp_path: Path, teacher: Path) -> None:
+    rows = {}
+    for min_t in (0.0, 0.6):
+        recipe = DistillRecipe(_config(tmp_path / str(min_t), teacher, max_steps=1, dmd_min_t=min_t), cache=_cache())
+        recipe.setup()
+        rows[min_t] = recipe.train_step(3)
+    assert rows[0.6]["dmd_t"] == pytest.approx(0.6 + 0.4 * rows[0.0]["dmd_t"], rel=1e-5)
+    assert rows[0.6]["dmd"] != rows[0.0]["dmd"]
 
 
 def test_flow_anchor_is_the_students_flow_loss_on_the_real_batch(tmp_path: Path, teacher: Path) -> None:

@@ -80,6 +80,10 @@ class DistillConfig(RecipeConfig):
     """CFG scale of the teacher's real score (the student needs no CFG at inference)."""
     shifts: tuple[float, ...] = VALID_SHIFTS
     dmd_weight: float = 1.0
+    dmd_min_t: float = 0.0
+    """Lowest noise level of the DMD score comparison (and the discriminator's noising): the training draw `t` is
+    mapped to `dmd_min_t + (1 - dmd_min_t) t`. Near t = 0 both scores are close to the identity and their
+    difference, divided by DMD's small normaliser there, is mostly the critic's and teacher's fitting error."""
     adversarial_weight: float = 0.05
     flow_weight: float = 0.0
     """Weight of a flow-matching loss of the student on the real batch (the teacher's own objective, no condition
@@ -113,6 +117,8 @@ class DistillConfig(RecipeConfig):
         object.__setattr__(self, "task_weights", tuple(float(w) for w in self.task_weights))
         if not self.shifts or any(s not in VALID_SHIFTS for s in self.shifts):
             raise InvalidRequest("shifts", f"must be a non-empty subset of {VALID_SHIFTS}, got {self.shifts}")
+        if not 0.0 <= self.dmd_min_t < 1.0:
+            raise InvalidRequest("dmd_min_t", f"must be in [0, 1), got {self.dmd_min_t}")
         if self.flow_weight < 0:
             raise InvalidRequest("flow_weight", f"must be >= 0, got {self.flow_weight}")
         if self.critic_steps < 1:
@@ -318,6 +324,8 @@ class DistillRecipe(Recipe[DistillConfig]):
         self.student.decoder.train()
         x0_hat = x0_from_velocity(x_t, t, self.student.decoder(x_t, t, t, states, context))
         t2 = sample_training_timesteps(x0.shape[0], generator=draw).to(x0)
+        if cfg.dmd_min_t:
+            t2 = cfg.dmd_min_t + (1.0 - cfg.dmd_min_t) * t2
         noise2 = torch.randn(x0.shape, generator=draw).to(x0)
         with torch.no_grad():
             x_t2 = renoise(x0_hat.detach(), noise2, t2)
@@ -361,6 +369,7 @@ class DistillRecipe(Recipe[DistillConfig]):
             "student_std": fake.std().item(),
             "data_std": x0.std().item(),
             "shift": shift,
+            "dmd_t": t2.mean().item(),
             "t_index": float(index),
             "simulated": float(simulate),
         }
