@@ -89,6 +89,37 @@ def test_snake_formula():
     torch.testing.assert_close(snake(x), x + torch.sin(a * x) ** 2 / (b + 1e-9))
 
 
+def test_chunked_inference_snake_is_bit_identical_and_inplace_only_when_asked(monkeypatch):
+    """The inference Snake (chunked along time, optionally in place) computes exactly the autograd formula."""
+    import encore.models.vae as vae_module
+
+    monkeypatch.setattr(vae_module, "SNAKE_CHUNK_ELEMENTS", 64)  # many chunks and a ragged last one
+    snake = Snake1d(5)
+    with torch.no_grad():
+        snake.alpha.copy_(0.5 * torch.randn(1, 5, 1))
+        snake.beta.copy_(0.5 * torch.randn(1, 5, 1))
+    for x in (torch.randn(2, 5, 301), vae_module.to_rows(torch.randn(2, 5, 301))):
+        with torch.enable_grad():
+            expected = snake(x.clone().requires_grad_(True)).detach()
+        with torch.inference_mode():
+            kept = x.clone()
+            out = snake(kept)
+            assert torch.equal(out, expected) and torch.equal(kept, x)  # the input is left alone
+            assert out.stride() == x.stride()
+            overwritten = x.clone()
+            assert snake(overwritten, inplace=True) is overwritten
+            assert torch.equal(overwritten, expected)
+
+
+def test_inference_decode_equals_the_autograd_decode(tiny_vae):
+    """The in-place residual adds and Snakes of inference give the same waveform as the autograd path."""
+    z = torch.randn(1, tiny_vae.config.decoder_input_channels, 6)
+    with torch.enable_grad():
+        expected = tiny_vae.decode(z.clone().requires_grad_(True)).detach()
+    with torch.inference_mode():
+        torch.testing.assert_close(tiny_vae.decode(z), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_shapes_and_lengths(tiny_vae):
     cfg = tiny_vae.config
     extra = cfg.hop_samples // 3  # a partial frame is dropped by the encoder

@@ -212,6 +212,10 @@ class DiagonalGaussian:
 # --------------------------------------------------------------------------- layers
 
 
+# Elements per Snake chunk at inference: 256 KiB of fp32, so a chunk's temporary stays in the L2 cache.
+SNAKE_CHUNK_ELEMENTS = 1 << 16
+
+
 class Snake1d(nn.Module):
     """Snake activation with log-scale parameters: `x + 1/(exp(beta) + 1e-9) * sin(exp(alpha) * x)^2`."""
 
@@ -220,8 +224,12 @@ class Snake1d(nn.Module):
         self.alpha = nn.Parameter(torch.zeros(1, channels, 1))
         self.beta = nn.Parameter(torch.zeros(1, channels, 1))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: `[B, C, L]` or the row layout `[B, C, 1, L]` -> same shape."""
+    def forward(self, x: Tensor, *, inplace: bool = False) -> Tensor:
+        """x: `[B, C, L]` or the row layout `[B, C, 1, L]` -> same shape.
+
+        `inplace=True` lets inference overwrite `x` (callers pass it only for tensors nothing else reads); with
+        autograd on, the result is always a new tensor.
+        """
         # Same operation order as the reference so fp32 results agree to rounding.
         inv_beta = (torch.exp(self.beta) + 1e-9).reciprocal()
         scale = torch.exp(self.alpha)
@@ -229,13 +237,28 @@ class Snake1d(nn.Module):
             inv_beta, scale = inv_beta.unsqueeze(-1), scale.unsqueeze(-1)
         if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
             return x + inv_beta * torch.sin(scale * x).pow(2)
-        # Inference: one temporary updated in place instead of four. Bit-identical to the line above and
-        # about twice as fast; the activations are a third of the VAE decode time on CPU.
-        t = x * scale
+        return _snake_inference(x, scale, inv_beta, x if inplace else torch.empty_like(x))
+
+
+def _snake_inference(x: Tensor, scale: Tensor, inv_beta: Tensor, out: Tensor) -> Tensor:
+    """`out = x + inv_beta * sin(scale * x)^2`, bit-identical to the autograd line, computed chunk by chunk
+    along time on the CPU.
+
+    A whole-tensor temporary at the 48 kHz stage is 30 MB per Snake; glibc maps each such block fresh, and the
+    page faults of writing it cost as much as the arithmetic (the decoder ran 0.53 s per 10 s of audio against
+    0.30 s with malloc told to keep its memory). Small chunks reuse one cached temporary instead.
+    """
+    length = x.shape[-1]
+    per_step = max(1, x.numel() // max(1, length))
+    step = max(1, SNAKE_CHUNK_ELEMENTS // per_step) if x.device.type == "cpu" else length
+    for start in range(0, length, step):
+        xs = x[..., start : start + step]
+        t = xs * scale
         t.sin_()
         t.mul_(t)
         t.mul_(inv_beta)
-        return t.add_(x)
+        torch.add(xs, t, out=out[..., start : start + step])
+    return out
 
 
 def to_rows(x: Tensor) -> Tensor:
@@ -282,7 +305,9 @@ class OobleckResidualUnit(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: `[B, C, L]` (or row layout) -> same shape."""
-        return x + conv(self.conv2, self.snake2(conv(self.conv1, self.snake1(x))))
+        h = conv(self.conv2, self.snake2(conv(self.conv1, self.snake1(x)), inplace=True))
+        # In inference the branch output is ours to overwrite: one 48 kHz-sized allocation fewer per unit.
+        return x + h if torch.is_grad_enabled() else h.add_(x)
 
 
 def _stride_padding(stride: int) -> int:
@@ -304,7 +329,7 @@ class OobleckEncoderBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: `[B, C_in, L]` -> `[B, C_out, L // stride]` (or the row-layout equivalents)."""
         x = self.res_unit3(self.res_unit2(self.res_unit1(x)))
-        return conv(self.conv1, self.snake1(x))
+        return conv(self.conv1, self.snake1(x, inplace=True))
 
 
 class OobleckDecoderBlock(nn.Module):
@@ -348,7 +373,7 @@ class OobleckEncoder(nn.Module):
         x = conv(self.conv1, to_rows(wav) if rows else wav)
         for block in self.block:
             x = block(x)
-        x = conv(self.conv2, self.snake1(x))
+        x = conv(self.conv2, self.snake1(x, inplace=True))
         return from_rows(x) if rows else x
 
 
@@ -377,7 +402,7 @@ class OobleckDecoder(nn.Module):
         x = conv(self.conv1, to_rows(latents) if rows else latents)
         for block in self.block:
             x = block(x)
-        x = conv(self.conv2, self.snake1(x))
+        x = conv(self.conv2, self.snake1(x, inplace=True))
         return from_rows(x) if rows else x
 
 
