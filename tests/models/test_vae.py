@@ -120,6 +120,45 @@ def test_inference_decode_equals_the_autograd_decode(tiny_vae):
         torch.testing.assert_close(tiny_vae.decode(z), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [False, True])
+def test_time_chunked_inference_equals_the_whole_length_pass(tiny_vae, monkeypatch, rows):
+    """`run_local` splits the residual stacks and the decoder head into time chunks with halos at inference;
+    encode and decode must not change (chunks far smaller than the signal, ragged last chunk)."""
+    import encore.models.vae as vae_module
+
+    tiny_vae.encoder.row_layout = tiny_vae.decoder.row_layout = rows
+    z = torch.randn(2, tiny_vae.config.decoder_input_channels, 7)
+    wav = 0.3 * torch.randn(2, 2, 7 * tiny_vae.config.hop_samples + 123)
+    with torch.inference_mode():
+        whole = tiny_vae.decode(z), tiny_vae.encode_moments(wav)
+        monkeypatch.setattr(vae_module, "LOCAL_CHUNK_ELEMENTS", 1000)
+        calls = []
+        real = vae_module.run_local
+        monkeypatch.setattr(vae_module, "run_local", lambda fn, x, halo: calls.append(x.shape[-1]) or real(fn, x, halo))
+        chunked = tiny_vae.decode(z), tiny_vae.encode_moments(wav)
+    assert max(calls) > 6 * 39  # a stage longer than one chunk plus halos (halo 39, chunks >= 4 halos): split
+    for a, b in zip(chunked, whole, strict=True):
+        assert a.shape == b.shape and a.is_contiguous()
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_run_local_needs_the_full_halo():
+    """A halo smaller than the receptive field changes the result, so the test above can fail."""
+    import encore.models.vae as vae_module
+
+    layer = torch.nn.Conv1d(3, 3, kernel_size=7, padding=3)
+    x = torch.randn(1, 3, 500)
+    with torch.inference_mode():
+        vae_module.LOCAL_CHUNK_ELEMENTS, old = 60, vae_module.LOCAL_CHUNK_ELEMENTS
+        try:
+            exact = vae_module.run_local(layer, x, 3)
+            short = vae_module.run_local(layer, x, 1)
+        finally:
+            vae_module.LOCAL_CHUNK_ELEMENTS = old
+        torch.testing.assert_close(exact, layer(x), rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(short, layer(x), atol=1e-4)
+
+
 def test_shapes_and_lengths(tiny_vae):
     cfg = tiny_vae.config
     extra = cfg.hop_samples // 3  # a partial frame is dropped by the encoder
