@@ -34,14 +34,16 @@ VAE_STEPS="${VAE_STEPS:-2200}"
 VAE_ADV_START="${VAE_ADV_START:-1700}"
 VAE_FINAL_START="${VAE_FINAL_START:-2000}"
 DIT_STEPS="${DIT_STEPS:-10000}"
-DISTILL_STEPS="${DISTILL_STEPS:-2000}"
+# The measured turbo (model card, Recipe step 14): 100 steps with the flow-matching anchor. Pure DMD
+# (DISTILL_ARGS="flow_weight=0") diverged from our hinted teacher, and the anchored student drifts after ~100.
+DISTILL_STEPS="${DISTILL_STEPS:-100}"
 PLANNER_STEPS="${PLANNER_STEPS:-3000}"
 STEM_FRACTION="${STEM_FRACTION:-0.3}"
 BEAT_HINT_PROB="${BEAT_HINT_PROB:-0.75}"  # share of text2music items conditioned on beat hints (0 = none)
 MAX_CLIPS="${MAX_CLIPS:-}"
 VAE_ARGS="${VAE_ARGS:-}"
 DIT_ARGS="${DIT_ARGS:-}"
-DISTILL_ARGS="${DISTILL_ARGS:-}"
+DISTILL_ARGS="${DISTILL_ARGS:-learning_rate=0.00002 ema_decay=0.95 flow_weight=1.0 dmd_min_t=0.5}"
 PLANNER_ARGS="${PLANNER_ARGS:-}"
 
 export OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

@@ -447,7 +447,8 @@ class Pipeline:
         from encore.audio.tiling import encode_tiled
 
         wav = audio[None] if audio.dim() == 2 else audio
-        with self._cpu_heap():
+        # Without autograd, as inside `generate`: the CPU VAE then runs time-chunked (equal only to rounding).
+        with self._cpu_heap(), torch.no_grad():
             posterior = encode_tiled(self.vae, wav.to(device=self.device, dtype=self.vae.dtype))
         latents = posterior.sample(generator) if sample else posterior.mode()
         return latents.transpose(1, 2).to(self.dtype)
@@ -674,7 +675,7 @@ class Pipeline:
         """Latents `[B, T, C]` -> waveform `[B, 2, T * hop]` float32, with the official 512/64 tiled decode."""
         from encore.audio.tiling import decode_tiled
 
-        with self._cpu_heap():
+        with self._cpu_heap(), torch.no_grad():
             audio = decode_tiled(self.vae, latents.transpose(1, 2).to(self.vae.dtype), on_tile=on_tile)
         return audio.float()
 
