@@ -307,3 +307,35 @@ def test_a_model_trained_with_beat_hints_gets_them_for_text2music_with_a_bpm(
     assert seen[-1] is None
     plain = turbo.generate(with_bpm)  # a model not trained with them never gets them
     assert seen[-1] is None and "beat_hints" not in plain.params
+
+
+def test_silence_timbre_is_cached_per_weights_and_changes_nothing(turbo: Pipeline) -> None:
+    """Requests without reference audio reuse one timbre vector of the silence reference; the output is the
+    uncached one, and an in-place weight change (a training step, a load) invalidates it."""
+    request = GenerationRequest(text=TextInputs(caption="calm piano", duration_s=2.0), seeds=(3,))
+    encoder = turbo.model.encoder.timbre_encoder
+    calls: list[int] = []
+    saved = [p.detach().clone() for p in encoder.parameters()]
+    hook = encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        first = turbo.generate(request)
+        second = turbo.generate(request)
+        assert len(calls) <= 1  # at most the first request encodes the silence reference
+        with torch.inference_mode():
+            silence = turbo._silence_reference
+            direct = encoder(silence.to(turbo.dtype))
+            assert torch.equal(turbo._timbre_vectors(silence), direct)
+            assert turbo._timbre_vectors(silence.clone()) is None  # real reference audio: the encoder runs
+        torch.testing.assert_close(second.audio, first.audio, rtol=0, atol=0)
+        with torch.no_grad():
+            for p in encoder.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        calls.clear()
+        with torch.inference_mode():
+            changed = turbo._timbre_vectors(turbo._silence_reference)
+        assert calls == [1] and not torch.equal(changed, direct)
+    finally:
+        hook.remove()
+        with torch.no_grad():
+            for p, value in zip(encoder.parameters(), saved, strict=True):
+                p.copy_(value)

@@ -185,6 +185,8 @@ class ConditionEncoder(nn.Module):
         lyric_attention_mask: torch.Tensor,
         refer_audio_acoustic_hidden_states_packed: torch.Tensor,
         refer_audio_order_mask: torch.Tensor,
+        *,
+        timbre_vectors: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encodes and packs the conditions.
 
@@ -196,6 +198,8 @@ class ConditionEncoder(nn.Module):
             refer_audio_acoustic_hidden_states_packed: `[N, Tr, timbre_hidden_dim]` reference latents
                 (silence latent for items without a reference).
             refer_audio_order_mask: `[N]` batch index of each reference.
+            timbre_vectors: `[N, enc_H]` = `timbre_encoder(refer_audio_acoustic_hidden_states_packed)` computed
+                beforehand (the pipeline caches the silence default's); the encoder is then not run.
 
         Returns:
             `encoder_hidden_states [B, Ll + max_refs + Lt, enc_H]` and its bool mask (the DiT ignores it).
@@ -205,7 +209,8 @@ class ConditionEncoder(nn.Module):
             raise ValueError(f"lyric batch {lyric_hidden_states.shape[0]} != text batch {batch}")
         text = self.text_projector(text_hidden_states)
         lyric = self.lyric_encoder(lyric_hidden_states, lyric_attention_mask)
-        timbre = self.timbre_encoder(refer_audio_acoustic_hidden_states_packed)
+        timbre = (self.timbre_encoder(refer_audio_acoustic_hidden_states_packed) if timbre_vectors is None
+                  else timbre_vectors)  # fmt: skip
         timbre, timbre_mask = unpack_references(timbre, refer_audio_order_mask, batch)
         h, mask = pack_sequences(lyric, timbre, lyric_attention_mask, timbre_mask)
         return pack_sequences(h, text, mask, text_attention_mask)
