@@ -23,6 +23,7 @@ def _parse(argv: list[str]):
 def test_defaults_and_missing_corpus() -> None:
     args = _parse([])
     assert args.systems == ["base-50", "turbo-8", "random"] and args.out == Path("eval-out")
+    assert args.sequential is False and _parse(["--sequential"]).sequential is True
     with pytest.raises(InvalidRequest, match="--corpus"):
         args.func(args)
 
@@ -52,7 +53,7 @@ def test_tiny_checkpoint_run_writes_the_report(synth_corpus: Path, tmp_path: Pat
     out = tmp_path / "out"
     common = ["--checkpoint", str(tmp_path / "ckpt"), "--corpus", str(synth_corpus), "--out", str(out),
               "--prompts", str(prompts), "--no-renders", "--limit", "2", "--duration", "4", "--device", "cpu"]  # fmt: skip
-    args = _parse([*common, "--systems", "turbo", "random", "--json"])
+    args = _parse([*common, "--systems", "turbo", "random", "--json", "--sequential"])
     assert args.func(args) == cli.EXIT_OK
     report = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in report["systems"]] == ["turbo", "random"]

@@ -49,7 +49,7 @@ def test_turbo_verdict_and_markdown() -> None:
     md = report.to_markdown()
     assert (
         "| base-50 | 10 | 100% | 0% | 0% | 0.50 | 100% |" in md
-        and "6.0× faster" in md
+        and "6.00× faster" in md
         and "(within 10% of base)" in md
     )
     data = json.loads(json.dumps(report.to_dict()))

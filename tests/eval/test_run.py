@@ -171,3 +171,46 @@ def test_the_reconstruction_rows_pipeline_is_reused_once() -> None:
     assert wrapped("base") == "loaded base"  # no second load of the same checkpoint
     assert wrapped("base") == "fresh base"  # handed out once only
     assert loads == ["turbo", "base"]
+
+
+@pytest.mark.parametrize("interleave", [True, False])
+def test_model_rows_are_timed_interleaved_and_give_the_same_items(
+    report_and_fakes, synth_corpus: Path, tmp_path: Path, interleave: bool
+) -> None:
+    """Interleaved, base and turbo alternate prompt by prompt (order rotating) with the floor after them;
+    sequential, one system after another. The seeds, items and scores do not depend on it."""
+    reference, _, out = report_and_fakes
+    calls: list[tuple[str, int]] = []
+
+    class Logged(FakePipeline):
+        def __init__(self, variant: str) -> None:
+            super().__init__("oracle" if variant in ("base", "turbo") else "noise")
+            self.variant = variant
+
+        def generate(self, request):
+            calls.append((self.variant, request.seeds[0]))
+            return super().generate(request)
+
+    systems = [SystemSpec("base-4", "base", 4), SystemSpec("turbo-2", "turbo", 2),
+               SystemSpec("random", "random", 2)]  # fmt: skip
+    report = run_eval(Logged, prompts=synth_prompt_set(), corpus_dir=synth_corpus, out_dir=tmp_path,
+                      systems=systems, include_renders=False, seed=7, probe_path=out / "probe",
+                      interleave=interleave)  # fmt: skip
+    warmed: set[str] = set()
+    seen: list[tuple[str, int]] = []
+    for variant, seed in calls:  # each system's first call is its untimed warm-up
+        if variant in warmed:
+            seen.append((variant, seed))
+        warmed.add(variant)
+    if interleave:
+        assert seen[:8] == [("base", 7), ("turbo", 7), ("turbo", 8), ("base", 8),
+                            ("base", 9), ("turbo", 9), ("turbo", 10), ("base", 10)]  # fmt: skip
+        assert calls[:2] == [("base", 7), ("turbo", 7)]  # both loaded and warmed up before any timing
+    else:
+        assert [v for v, _ in seen[:8]] == ["base"] * 4 + ["turbo"] * 4
+    assert seen[8:] == [("random", s) for s in (7, 8, 9, 10)]
+    assert report.comparison["timing"] == ("interleaved" if interleave else "sequential")
+    for name in ("base-4", "turbo-2", "random"):
+        assert [(i.tempo, i.key) for i in report.row(name).items] == [
+            (i.tempo, i.key) for i in reference.row(name).items
+        ]

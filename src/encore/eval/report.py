@@ -194,7 +194,10 @@ class EvalReport:
         c = self.comparison
         if c is not None:
             parts = [f"{k} {_pct(m['base'])} → {_pct(m['turbo'])}" for k, m in c["metrics"].items()]
-            speed = f"{c['speedup']:.1f}× faster" if c["speedup"] else "speed-up unknown"
+            # Two decimals: a 4.96x speed-up must not print as a 5x one.
+            speed = f"{c['speedup']:.2f}× faster" if c["speedup"] else "speed-up unknown"
+            if c.get("timing"):
+                speed += f" (median s / clip, timed {c['timing']})"
             verdict = "within" if c["within_tolerance"] else "NOT within"
             notes.append(f"- {c['turbo']} vs {c['base']}: {speed}; {', '.join(parts)} ({verdict} "
                          f"{100 * c['tolerance']:.0f}% of base).")  # fmt: skip

@@ -246,33 +246,53 @@ def _save_audio(path: Path, audio: np.ndarray, sample_rate: int) -> None:
     sf.write(str(path), np.ascontiguousarray(audio.T), sample_rate, format="FLAC", subtype="PCM_16")
 
 
-def _system_row(
+def _model_rows(
     factory: PipelineFactory,
-    spec: SystemSpec,
+    specs: Sequence[SystemSpec],
     prompts: Sequence[EvalPrompt],
     scorer: _Scorer,
     *,
     seed: int,
     duration_s: float | None,
     audio_dir: Path | None,
-) -> tuple[list[ItemResult], np.ndarray]:
-    """Load the system, warm it up once (untimed), then generate and score every prompt, timing each call."""
-    pipeline = factory(spec.variant)
-    pipeline.generate(request_for(prompts[0], spec, seed, 2.0))  # first-call costs stay out of the timings
-    items, embs = [], []
+) -> dict[str, tuple[list[ItemResult], np.ndarray]]:
+    """Generate and score every prompt with each of `specs`, timing each generate call.
+
+    The systems are loaded together, warmed up once each (untimed), then called prompt by prompt, the order
+    rotating every prompt: on a machine whose speed drifts over minutes, base and turbo are then timed under
+    the same conditions (timed one after the other, their speed-up moved by ±0.4x between runs of the same
+    models here). Scoring runs outside the timed calls.
+    """
+    pipelines = [factory(spec.variant) for spec in specs]
+    for spec, pipeline in zip(specs, pipelines, strict=True):
+        pipeline.generate(request_for(prompts[0], spec, seed, 2.0))  # first-call costs stay out of the timings
+    items: dict[str, list[ItemResult]] = {spec.name: [] for spec in specs}
+    embs: dict[str, list[np.ndarray]] = {spec.name: [] for spec in specs}
+    order = list(range(len(specs)))
     for k, prompt in enumerate(prompts):
-        request = request_for(prompt, spec, seed + k, duration_s)
-        start = time.perf_counter()
-        result = pipeline.generate(request)
-        seconds = time.perf_counter() - start
-        audio = result.audio[0].float().numpy()
-        if audio_dir is not None:
-            _save_audio(audio_dir / spec.name / f"{prompt.id}.flac", audio, result.sample_rate)
-        item, emb = scorer.score(prompt.id, audio, result.sample_rate, prompt, seconds)
-        items.append(item)
-        embs.append(emb)
-        log.info("%s %s: %.2f s, tempo %s, key %s", spec.name, prompt.id, seconds, item.tempo, item.key)
-    return items, np.stack(embs)
+        for j in order[k % len(order) :] + order[: k % len(order)]:
+            spec, pipeline = specs[j], pipelines[j]
+            request = request_for(prompt, spec, seed + k, duration_s)
+            start = time.perf_counter()
+            result = pipeline.generate(request)
+            seconds = time.perf_counter() - start
+            audio = result.audio[0].float().numpy()
+            if audio_dir is not None:
+                _save_audio(audio_dir / spec.name / f"{prompt.id}.flac", audio, result.sample_rate)
+            item, emb = scorer.score(prompt.id, audio, result.sample_rate, prompt, seconds)
+            items[spec.name].append(item)
+            embs[spec.name].append(emb)
+            log.info("%s %s: %.2f s, tempo %s, key %s", spec.name, prompt.id, seconds, item.tempo, item.key)
+    return {name: (items[name], np.stack(embs[name])) for name in items}
+
+
+def timing_groups(systems: Sequence[SystemSpec], interleave: bool) -> list[list[SystemSpec]]:
+    """The systems generated together: with `interleave`, all model rows in one group (the floor alone, after
+    them: it is not compared, and a third model in memory costs the most for the largest checkpoints)."""
+    if not interleave:
+        return [[spec] for spec in systems]
+    models = [spec for spec in systems if not spec.is_floor]
+    return ([models] if models else []) + [[spec] for spec in systems if spec.is_floor]
 
 
 def _frechet(embs: np.ndarray, reference: np.ndarray) -> float | None:
@@ -289,7 +309,7 @@ def run_eval(pipeline_factory: PipelineFactory, *, prompts: PromptSet, corpus_di
              probe_path: str | Path | None = None, probe_config: ProbeConfig | None = None,
              limit: int | None = None, duration_s: float | None = None, seed: int = 0,
              save_audio: bool = False, max_corpus_clips: int | None = None,
-             include_reconstruction: bool = True) -> EvalReport:  # fmt: skip
+             include_reconstruction: bool = True, interleave: bool = True) -> EvalReport:  # fmt: skip
     """Evaluate every system on the prompt set and write ``eval.json`` and ``eval.md`` into `out_dir`.
 
     Args:
@@ -308,6 +328,9 @@ def run_eval(pipeline_factory: PipelineFactory, *, prompts: PromptSet, corpus_di
         max_corpus_clips: Read only the first clips of the corpus.
         include_reconstruction: With the renders, add the autoencoder row: the renders through the VAE of the
             first non-floor system (the ceiling for anything decoded by that VAE).
+        interleave: Load the model systems together and call them prompt by prompt in rotating order, so
+            their timings share the machine's conditions (`timing_groups`); False loads and runs one system at
+            a time (least memory). The items, seeds and scores are the same either way.
 
     Raises:
         InvalidRequest: the corpus uses the prompt set's held-out seed, or bad arguments.
@@ -332,13 +355,18 @@ def run_eval(pipeline_factory: PipelineFactory, *, prompts: PromptSet, corpus_di
             rows.append(summarise(RECONSTRUCTION, "autoencoder", items, _frechet(embs, scorer.reference)))
             pipeline_factory = handing_out_once(pipeline_factory, models[0].variant, pipeline)
             del pipeline, clips
+    generated: dict[str, tuple[list[ItemResult], np.ndarray]] = {}
+    for group in timing_groups(systems, interleave):
+        generated.update(_model_rows(pipeline_factory, group, chosen, scorer, seed=seed, duration_s=duration_s,
+                                     audio_dir=out / "audio" if save_audio else None))  # fmt: skip
     for spec in systems:
-        items, embs = _system_row(pipeline_factory, spec, chosen, scorer, seed=seed, duration_s=duration_s,
-                                  audio_dir=out / "audio" if save_audio else None)  # fmt: skip
+        items, embs = generated[spec.name]
         rows.append(summarise(spec.name, "floor" if spec.is_floor else "model", items,
                               _frechet(embs, scorer.reference), num_steps=spec.num_steps))  # fmt: skip
-    report = EvalReport(systems=rows, probe=scorer.probe_summary, prompts=prompt_info,
-                        comparison=compare_systems(rows, systems))  # fmt: skip
+    comparison = compare_systems(rows, systems)
+    if comparison is not None:
+        comparison["timing"] = "interleaved" if interleave else "sequential"
+    report = EvalReport(systems=rows, probe=scorer.probe_summary, prompts=prompt_info, comparison=comparison)
     report.save(out)
     return report
 

@@ -52,6 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="Skip the VAE-ceiling row (the renders through the model's VAE).",
     )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="Load and run one system at a time (least memory). By default the model systems are loaded "
+        "together and called prompt by prompt in turn, so their timings share the machine's conditions.",
+    )
     p.add_argument("--probe", type=Path, default=None, help="Saved probe to use instead of training one.")
     p.add_argument("--limit", type=int, default=None, help="Only the first N prompts (quick check).")
     p.add_argument(
@@ -139,7 +145,8 @@ def run_eval_command(args: argparse.Namespace) -> int:
                       out_dir=args.out, systems=systems, include_renders=not args.no_renders,
                       probe_path=args.probe, limit=args.limit, duration_s=args.duration, seed=args.seed,
                       save_audio=args.save_audio, max_corpus_clips=args.max_corpus_clips,
-                      include_reconstruction=not args.no_reconstruction)  # fmt: skip
+                      include_reconstruction=not args.no_reconstruction,
+                      interleave=not args.sequential)  # fmt: skip
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:
