@@ -2,8 +2,9 @@
 
     python scripts/turbo_speed.py CHECKPOINT [NUM_PROMPTS]
 
-`encore eval` times the base row for minutes and then the turbo row, so on a shared machine whose speed drifts
-its speed-up moves by ±0.4x between runs. Here both pipelines are loaded in one process and called alternately
+Up to `5102279` `encore eval` timed the base row for minutes and then the turbo row, so on a shared machine
+whose speed drifts its speed-up moved by ±0.4x between runs; it now calls the two in turn as well. This script
+is the quick check: no scoring, no other rows. Both pipelines are loaded in one process and called alternately
 on the same request (the eval's prompts and length; the order flips every prompt), so drift hits both
 alike. Prints the median seconds per clip and the median of the per-prompt ratios.
 """
