@@ -4,9 +4,10 @@
 #
 #   nohup bash scripts/train_embedded.sh > runs/embedded.log 2>&1 &
 #
-# Stages (in order): corpus -> vae -> vae_final -> latents -> dit -> distill -> planner -> export -> eval_export.
-# eval_export writes $RUN/eval-checkpoint: the shipped model plus the base DiT (over the 100 MB budget, not
-# shipped), so `encore eval --checkpoint $RUN/eval-checkpoint` can compare base-50 with turbo-8.
+# Stages (in order): corpus -> vae -> vae_final -> latents -> dit -> distill -> planner -> export.
+# The export holds the turbo (the default) and its base teacher, the turbo storing only the tensors that
+# distillation changed (`shared_weights` in embedded.json), so `encore eval` with no --checkpoint compares
+# base-50 with turbo-8 of the shipped model.
 # Re-running resumes: finished stages are skipped (marker files $RUN/.done-<stage>), an interrupted
 # training stage continues from its newest checkpoint, the corpus and latent cache skip finished clips.
 # Run a subset with STAGES="dit distill". Every knob below can be overridden from the environment, and
@@ -26,7 +27,7 @@ RUN="${RUN:-$ROOT/runs/embedded}"
 DEST="${DEST:-$ROOT/src/encore/assets/embedded}"
 THREADS="${THREADS:-2}"
 SEED="${SEED:-0}"
-STAGES="${STAGES:-corpus vae vae_final latents dit distill planner export eval_export}"
+STAGES="${STAGES:-corpus vae vae_final latents dit distill planner export}"
 
 CORPUS_HOURS="${CORPUS_HOURS:-6}"
 CLIP_SECONDS="${CLIP_SECONDS:-10}"
@@ -114,7 +115,7 @@ export_model() {
   if [[ -n "$(latest "$RUN/planner")" ]]; then planner=("planner=$(latest "$RUN/planner")"); fi
   rm -rf "$DEST.tmp"
   "$PY" -m encore.training.embedded export "$DEST.tmp" vae="$RUN/vae_final" dit="$(latest "$RUN/distill")" \
-    "${planner[@]}"
+    base="$(latest "$RUN/dit")" "${planner[@]}"
   rm -rf "$DEST"
   mv "$DEST.tmp" "$DEST"
   du -sh "$DEST"
@@ -127,12 +128,5 @@ stage latents encode_latents
 stage dit train_dit
 stage distill distill
 stage planner train_planner
-export_eval() {
-  rm -rf "$RUN/eval-checkpoint"
-  "$PY" -m encore.training.embedded export "$RUN/eval-checkpoint" vae="$RUN/vae_final" dit="$(latest "$RUN/distill")" \
-    base="$(latest "$RUN/dit")" max_mb=none
-}
-
 stage export export_model
-stage eval_export export_eval
 log "all requested stages finished; logs in $RUN/logs, loss curves in $RUN/*/loss_log.jsonl"

@@ -74,3 +74,31 @@ def test_demo_uses_the_bundled_model_and_says_where_it_wrote(
     assert "RANDOM" not in err and not (workdir / "cache").exists()
     assert sf.info(written).samplerate == 48000
     assert read_metadata(written)["model"] == "embedded"
+
+
+def test_variant_picks_the_dit_of_a_two_model_bundle(export: Path, workdir: Path, tmp_path_factory,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A bundle with turbo and base (as the shipped one): the turbo by default, `--variant base` for the base,
+    and an unknown variant is a one-line checkpoint error naming what there is."""
+    import json
+    import shutil
+
+    bundle = Path(shutil.copytree(export, tmp_path_factory.mktemp("bundle") / "export"))
+    shutil.copytree(bundle / "acestep-v15-turbo", bundle / "acestep-v15-base")
+    config = json.loads((bundle / "acestep-v15-base" / "config.json").read_text())
+    config.update(is_turbo=False, model_version="base")
+    (bundle / "acestep-v15-base" / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(presets, "embedded_dir", lambda: bundle)
+    for extra, model in (([], "embedded"), (["--variant", "base"], "embedded-base")):
+        out = workdir / f"{model}.flac"
+        code, _, err = _run(capsys, "generate", "--caption", "x", "--duration", "1", "--device", "cpu",
+                            "-o", out, "-q", *extra)  # fmt: skip
+        assert code == cli.EXIT_OK, err
+        assert read_metadata(out)["model"] == model
+    code, _, err = _run(capsys, "demo", "--duration", "1", "--variant", "base", "-q", "-o", workdir / "d.flac")
+    assert code == cli.EXIT_OK, err
+    assert read_metadata(workdir / "d.flac")["model"] == "embedded-base"
+    code, stdout, err = _run(capsys, "generate", "--duration", "1", "--variant", "sft", "-o", workdir / "y.flac")
+    assert code == cli.EXIT_CHECKPOINT and stdout == "" and len(err.strip().splitlines()) == 1
+    assert "'sft' not found" in err and "acestep-v15-base" in err

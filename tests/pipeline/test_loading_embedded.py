@@ -149,3 +149,66 @@ def test_convert_keeps_the_embedded_identity_and_weights(export: Path, tmp_path:
     for a, b in ((source.text_encoder.model, converted.text_encoder.model), (source.model, converted.model)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _share(root: Path, version: int = 2, shared: object = None) -> dict[str, torch.Tensor]:
+    """Turn the export into a base + turbo pair whose turbo file keeps only its decoder; returns the full file."""
+    from encore.pipeline.checkpoint import read_safetensors, write_safetensors
+
+    shutil.copytree(root / "acestep-v15-turbo", root / "acestep-v15-base")
+    full = read_safetensors(root / "acestep-v15-turbo" / "model.safetensors")
+    own = {k: v for k, v in full.items() if k.startswith("decoder.")}
+    write_safetensors(root / "acestep-v15-turbo" / "model.safetensors", own)
+    meta = json.loads((root / "embedded.json").read_text())
+    meta.update(version=version, shared_weights={"acestep-v15-turbo": "acestep-v15-base"} if shared is None
+                else shared)  # fmt: skip
+    (root / "embedded.json").write_text(json.dumps(meta))
+    return full
+
+
+def test_shared_weights_fill_in_what_the_turbo_file_leaves_out(export: Path, broken: Path) -> None:
+    _share(broken)
+    reference = load_components(export, device="cpu", dtype="float32").model.state_dict()
+    for source in (broken, broken / "acestep-v15-turbo"):  # the root and the DiT folder alike
+        loaded = load_components(source, device="cpu", dtype="float32")
+        assert loaded.paths.dit.name == "acestep-v15-turbo"
+        state = loaded.model.state_dict()
+        assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
+    # The base's own file is complete and is read alone (it holds the full weights it was copied from).
+    base = load_components(broken, variant="acestep-v15-base", device="cpu", dtype="float32").model.state_dict()
+    assert all(torch.equal(base[k], reference[k]) for k in reference)
+
+
+@pytest.mark.parametrize(
+    ("version", "shared", "match", "named"),
+    [
+        (3, None, "version 3 unsupported", "embedded.json"),
+        (2, ["acestep-v15-base"], "shared_weights must map", "embedded.json"),
+        (2, {"acestep-v15-turbo": "../base"}, "plain folder name", "embedded.json"),
+        (2, {"acestep-v15-turbo": "acestep-v15-turbo"}, "stores all of its own weights", "embedded.json"),
+        (2, {"acestep-v15-turbo": "acestep-v15-base", "acestep-v15-base": "acestep-v15-sft"},
+         "stores all of its own weights", "embedded.json"),
+        (2, {"acestep-v15-turbo": "acestep-v15-sft"}, "not found", "acestep-v15-sft"),
+        (2, {}, "missing", "acestep-v15-turbo/model.safetensors"),  # nothing shared: the turbo file is short
+    ],
+)
+def test_bad_shared_weights_are_named(broken: Path, version: int, shared: object, match: str, named: str) -> None:
+    _share(broken, version=version, shared=shared)
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_components(broken, device="cpu", dtype="float32")
+    assert info.value.path == str(broken / named)
+
+
+@pytest.mark.skipif(not presets.embedded_available(), reason="no bundled model in this install")
+def test_bundled_model_holds_turbo_and_base_within_the_budget() -> None:
+    """The shipped folder: the turbo (default) and its base teacher, their weights under the 100 MB budget
+    because the turbo stores only the tensors distillation changed."""
+    from encore.pipeline.loading import shared_weights_source
+    from encore.training.embedded import MAX_EXPORT_BYTES
+
+    root = presets.embedded_dir()
+    total = sum(p.stat().st_size for p in root.rglob("*.safetensors"))
+    assert total <= MAX_EXPORT_BYTES
+    turbo, base = resolve_checkpoint("embedded"), resolve_checkpoint("embedded", variant="base")
+    assert turbo.dit.name == "acestep-v15-turbo" and base.dit.name == "acestep-v15-base"
+    assert shared_weights_source(turbo) == base.dit and shared_weights_source(base) is None

@@ -146,3 +146,50 @@ def test_recipes_read_a_diffusers_layout_model(tmp_path: Path) -> None:
     assert torch.equal(silence, reference.silence_latent) and silence.shape[0] == 60
     for key, value in vae.state_dict().items():
         assert torch.equal(value, reference.vae.state_dict()[key]), key
+
+
+def test_base_and_turbo_export_shares_what_distillation_left_unchanged(tmp_path: Path) -> None:
+    """With `base=`, the turbo's file holds only the tensors that differ from the base's, `embedded.json` (version
+    2) names the base as the source of the rest, and both DiTs load with exactly their own values; a conversion
+    writes the DiT in full and drops the sharing."""
+    import dataclasses
+
+    from encore.models.acestep import AceStepModel
+    from encore.pipeline import convert
+    from encore.pipeline.checkpoint import read_safetensors
+    from encore.pipeline.loading import load_components
+    from encore.pipeline.saving import convert_checkpoint, write_official_dit
+
+    _, dit_checkpoint, vae_dir = _export_tiny(tmp_path)
+    base = load_dit_checkpoint(dit_checkpoint)
+    turbo_config = dataclasses.replace(base.config, is_turbo=True, model_version="turbo")
+    turbo = AceStepModel(turbo_config)
+    turbo.load_state_dict(base.state_dict())
+    with torch.no_grad():  # a "distilled" student: only the decoder moved
+        for p in turbo.decoder.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    silence = torch.zeros(50, 8)
+    student = write_official_dit(tmp_path / "student" / embedded.TURBO_DIR, turbo_config,
+                                 convert.encore_to_official(turbo.state_dict()), silence)  # fmt: skip
+    both = embedded.export_embedded(tmp_path / "both", vae_checkpoint=vae_dir, dit_checkpoint=student,
+                                    base_checkpoint=dit_checkpoint, text_encoder=tmp_path / "bert")  # fmt: skip
+
+    meta = json.loads((both / "embedded.json").read_text())
+    assert meta["version"] == 2 and meta["shared_weights"] == {embedded.TURBO_DIR: embedded.BASE_DIR}
+    own = read_safetensors(both / embedded.TURBO_DIR / "model.safetensors")
+    full = read_safetensors(both / embedded.BASE_DIR / "model.safetensors")
+    assert own and set(own) < set(full) and all(k.startswith("decoder.") for k in own)
+    for variant, model in (("turbo", turbo), ("base", base)):
+        loaded = load_components(both, variant=variant, device="cpu", dtype="float32")
+        assert loaded.variant.is_turbo == (variant == "turbo")
+        expected = model.state_dict()
+        for key, value in loaded.model.state_dict().items():
+            torch.testing.assert_close(value, expected[key].half().float(), atol=0, rtol=0)
+
+    converted = convert_checkpoint(both, tmp_path / "converted", layout="official")
+    meta = json.loads((tmp_path / "converted" / "embedded.json").read_text())
+    assert meta["version"] == 1 and "shared_weights" not in meta
+    assert set(read_safetensors(converted / "model.safetensors")) == set(full)
+    again = load_components(tmp_path / "converted", device="cpu", dtype="float32").model.state_dict()
+    for key, value in turbo.state_dict().items():
+        torch.testing.assert_close(again[key], value.half().float(), atol=0, rtol=0)

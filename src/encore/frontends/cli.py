@@ -60,6 +60,10 @@ fallback to random weights."""
 FORMATS_BY_SUFFIX = {".flac": "flac", ".wav": "wav", ".mp3": "mp3", ".ogg": "ogg"}
 
 
+VARIANT_HELP = ("Which DiT of a checkpoint root holding several: a folder name or preset (turbo, base, ...). "
+                "Default: the turbo when there is one (the bundled model has turbo and base).")
+
+
 class CliParser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line (plus a hint) and exit with EXIT_USAGE."""
 
@@ -113,6 +117,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="Checkpoint folder (official or diffusers layout) or a downloaded preset name (turbo, base, "
                         "...) or `embedded`. Default: $ENCORE_CHECKPOINT, else the small embedded model bundled "
                         "with Encore (official weights: `encore download turbo`, then --checkpoint turbo).")
+    g.add_argument("--variant", default=None, help=VARIANT_HELP)
     g.add_argument("-o", "--output", type=Path, default=None,
                    help="Output file (format from its suffix; an existing file is replaced atomically) or an "
                         "existing folder. Batches add -1, -2, ... Default: ./encore-<task>-<seed>.<format>.")
@@ -214,7 +219,8 @@ def load_pipeline(args: argparse.Namespace) -> Any:
     """Load the pipeline for --checkpoint/--device/--dtype (imports torch)."""
     from encore.pipeline.pipeline import Pipeline
 
-    return Pipeline.from_pretrained(checkpoint_choice(args), device=args.device, dtype=args.dtype, planner=args.planner)
+    return Pipeline.from_pretrained(checkpoint_choice(args), device=args.device, dtype=args.dtype, planner=args.planner,
+                                    variant=args.variant)
 
 
 def report(args: argparse.Namespace, result: Any, paths: Sequence[Path]) -> None:

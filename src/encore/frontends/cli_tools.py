@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"Length in seconds (default: {DEMO_DURATION_S:g}).")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help=f"Seed (default: {DEMO_SEED}).")
     p.add_argument("--bpm", type=int, default=DEMO_BPM, help=f"Tempo, 30-300 (default: {DEMO_BPM}).")
+    p.add_argument("--variant", default=None, help=cli.VARIANT_HELP)
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="Where the random fallback checkpoint is kept when the embedded model is not bundled "
                         "(default: $ENCORE_CACHE_DIR or ~/.cache/encore).")
@@ -97,7 +98,8 @@ def run_demo(args: argparse.Namespace) -> int:
     cli._check_output_location(args.output)
     # The random model is tiny and CPU-only by design; the embedded one uses the best device, as `generate`.
     device, dtype = ("cpu", "float32") if model.random else ("auto", "auto")
-    pipeline = Pipeline.from_pretrained(model.path, device=device, dtype=dtype)
+    variant = None if model.random else args.variant  # the random fallback has one DiT
+    pipeline = Pipeline.from_pretrained(model.path, device=device, dtype=dtype, variant=variant)
     bar = cli.ProgressBar(sys.stderr, enabled=not (args.quiet or args.json))
     try:
         result = pipeline.generate(request, progress=bar)

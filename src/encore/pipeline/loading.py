@@ -244,18 +244,59 @@ def _pick_dit_dir(root: Path, variant: str | None) -> Path:
     raise CheckpointError(str(root), f"several DiT folders {sorted(candidates)}; pass variant=...")
 
 
-def _embedded_text_dir(root: Path) -> Path:
-    """The caption-encoder folder named by `root/embedded.json` (written by the embedded export)."""
+EMBEDDED_FORMAT_VERSION = 2
+"""Newest `embedded.json` version this Encore reads (2 added `shared_weights`)."""
+
+
+def read_embedded_meta(root: Path) -> dict[str, Any]:
+    """`root/embedded.json` (written last by the embedded export), its format and version checked."""
     marker = root / EMBEDDED_MARKER
     meta = read_json(marker)
     if meta.get("format") != "encore-embedded":
         raise CheckpointError(str(marker), f"format {meta.get('format')!r} is not 'encore-embedded'")
-    if not isinstance(meta.get("version"), int) or meta["version"] > 1:
-        raise CheckpointError(str(marker), f"version {meta.get('version')!r} unsupported (this Encore reads 1)")
-    name = meta.get("text_encoder", EMBEDDED_TEXT_ENCODER_DIR)
-    if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
-        raise CheckpointError(str(marker), f"text_encoder {name!r} is not a plain folder name")
-    return root / name
+    version = meta.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= EMBEDDED_FORMAT_VERSION:
+        raise CheckpointError(str(marker), f"version {version!r} unsupported (this Encore reads 1 to "
+                                           f"{EMBEDDED_FORMAT_VERSION})")  # fmt: skip
+    return meta
+
+
+def _plain_folder(marker: Path, field: str, name: Any) -> str:
+    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+        raise CheckpointError(str(marker), f"{field} {name!r} is not a plain folder name")
+    return name
+
+
+def _embedded_text_dir(root: Path) -> Path:
+    """The caption-encoder folder named by `root/embedded.json` (written by the embedded export)."""
+    name = read_embedded_meta(root).get("text_encoder", EMBEDDED_TEXT_ENCODER_DIR)
+    return root / _plain_folder(root / EMBEDDED_MARKER, "text_encoder", name)
+
+
+def shared_weights_source(paths: CheckpointPaths) -> Path | None:
+    """The DiT folder that supplies the tensors `paths.dit`'s own file leaves out, or None.
+
+    An embedded export with two DiTs stores the second one (the turbo, distilled from the base) as the tensors
+    that differ from the first, and names the first in `embedded.json` (`"shared_weights": {"acestep-v15-turbo":
+    "acestep-v15-base"}`): the distilled student keeps the teacher's condition encoder, tokenizer and
+    detokenizer, 8.6 of the embedded DiT's 26 MB, which is what fits both DiTs in the 100 MB budget.
+    """
+    if paths.layout != "official" or not paths.embedded:
+        return None
+    marker = paths.root / EMBEDDED_MARKER
+    shared = read_embedded_meta(paths.root).get("shared_weights", {})
+    if not isinstance(shared, dict):
+        raise CheckpointError(str(marker), "shared_weights must map DiT folder names to DiT folder names")
+    name = shared.get(paths.dit.name)
+    if name is None:
+        return None
+    source = paths.root / _plain_folder(marker, f"shared_weights[{paths.dit.name!r}]", name)
+    if name == paths.dit.name or name in shared:
+        raise CheckpointError(str(marker), f"shared_weights: {paths.dit.name} -> {name} must name a DiT folder "
+                                           "that stores all of its own weights")  # fmt: skip
+    if not is_dit_dir(source):
+        raise CheckpointError(str(source), f"DiT folder named by shared_weights for {paths.dit.name} not found")
+    return source
 
 
 def _official_text_dir(root: Path) -> Path:
@@ -344,6 +385,9 @@ def dit_weight_index(paths: CheckpointPaths) -> WeightIndex:
     """Headers of the DiT weights of either layout, keyed by Encore `AceStepModel` names."""
     if paths.layout == "official":
         index = scan_weights(paths.dit, "model")
+        source = shared_weights_source(paths)
+        if source is not None:  # the folder's own tensors win over the shared ones
+            index = WeightIndex({**scan_weights(source, "model").entries, **index.entries}, index.primary)
         return index.renamed(
             {k: convert.official_key_to_encore(k) for k in index.entries}, convert.encore_key_to_official
         )

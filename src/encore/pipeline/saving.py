@@ -205,6 +205,8 @@ def _embedded_marker(components: Components, text_dir: str) -> dict[str, Any]:
     """The source's `embedded.json` with the text-encoder folder this export writes."""
     source = components.paths.root / EMBEDDED_MARKER
     meta = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
+    # The export writes its one DiT in full, so nothing is shared any more (format version 1).
+    meta.pop("shared_weights", None)
     meta.update(format="encore-embedded", version=1, text_encoder=text_dir)
     return meta
 

@@ -243,7 +243,9 @@ def export_embedded(
     `dest/acestep-v15-turbo/` (DiT: config.json, model.safetensors, silence latent; `acestep-v15-base/` when the
     default DiT is a base model), `dest/vae/`,
     `dest/all-MiniLM-L6-v2/` (caption encoder + tokenizer), optionally `dest/acestep-v15-base/` and
-    `dest/acestep-5Hz-lm-embedded/`. Weights are cast to `dtype`.
+    `dest/acestep-5Hz-lm-embedded/`. Weights are cast to `dtype`. With a base and a turbo, the turbo's file holds
+    only the tensors that differ from the base's (after the cast) and `embedded.json` names the base as the
+    source of the rest (`shared_weights`, format version 2; `encore.pipeline.loading.shared_weights_source`).
 
     Args:
         dest: Checkpoint root (e.g. `src/encore/assets/embedded`).
@@ -275,9 +277,17 @@ def export_embedded(
     write_vae(dest / "vae", vcfg, {k: v.to(dtype) for k, v in vae.state_dict().items()})
     dits = [(default_dir, default)]
     if base_checkpoint is not None:
-        dits.append((BASE_DIR, load_dit_checkpoint(base_checkpoint)))
+        dits.insert(0, (BASE_DIR, load_dit_checkpoint(base_checkpoint)))
+    written: dict[str, torch.Tensor] = {}
+    shared: dict[str, str] = {}
     for folder, model in dits:
         official = convert.encore_to_official({k: v.to(dtype) for k, v in model.state_dict().items()})
+        if written:  # the turbo after its base: store only what distillation changed
+            own = {k: v for k, v in official.items() if not _same_tensor(written.get(k), v)}
+            if len(own) < len(official):
+                official, shared[folder] = own, BASE_DIR
+        else:
+            written = official
         write_official_dit(dest / folder, model.config, official, silence, write_pt=False)
     src = Path(text_encoder) if text_encoder is not None else minilm_path()
     _export_text_encoder(src, dest / TEXT_ENCODER_DIR, dtype)
@@ -297,13 +307,19 @@ def export_embedded(
         dest / "embedded.json",
         {
             "format": "encore-embedded",
-            "version": 1,
+            # Version 2 only when a DiT folder needs its sibling: an Encore that reads 1 refuses it by name.
+            "version": 2 if shared else 1,
             "dtype": str(dtype),
             "text_encoder": TEXT_ENCODER_DIR,
             "text_encoder_type": "bert",
+            **({"shared_weights": shared} if shared else {}),
         },
     )
     return dest
+
+
+def _same_tensor(a: torch.Tensor | None, b: torch.Tensor) -> bool:
+    return a is not None and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
 
 
 def _export_text_encoder(src: Path, dest: Path, dtype: torch.dtype) -> None:
