@@ -212,3 +212,12 @@ def test_bundled_model_holds_turbo_and_base_within_the_budget() -> None:
     turbo, base = resolve_checkpoint("embedded"), resolve_checkpoint("embedded", variant="base")
     assert turbo.dit.name == "acestep-v15-turbo" and base.dit.name == "acestep-v15-base"
     assert shared_weights_source(turbo) == base.dit and shared_weights_source(base) is None
+
+
+def test_a_dit_folder_refuses_another_variant(broken: Path) -> None:
+    folder = broken / "acestep-v15-turbo"
+    assert resolve_checkpoint(folder, variant="turbo").dit == folder  # the preset naming this folder
+    assert resolve_checkpoint(folder, variant="acestep-v15-turbo").dit == folder
+    with pytest.raises(CheckpointError, match="variant 'base' asked for") as info:
+        resolve_checkpoint(folder, variant="base")
+    assert info.value.path == str(folder)

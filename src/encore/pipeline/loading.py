@@ -215,11 +215,20 @@ def resolve_checkpoint(
     if (path / "model_index.json").is_file():
         return _diffusers_paths(path)
     if is_dit_dir(path):
+        if variant is not None and not _names_folder(variant, path.name):
+            raise CheckpointError(str(path), f"variant {variant!r} asked for, but this is the DiT folder {path.name}; "
+                                             "pass the checkpoint root that holds several to choose")  # fmt: skip
         return _official_paths(path.parent, path)
     has_weights = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
     if has_weights and not (path / "config.json").is_file():
         raise CheckpointError(str(path / "config.json"), "file not found (weights without their config)")
     return _official_paths(path, _pick_dit_dir(path, variant))
+
+
+def _names_folder(variant: str, folder: str) -> bool:
+    """Whether `variant` (a folder name or a preset) names the DiT folder `folder`."""
+    preset = PRESETS.get(variant)
+    return variant == folder or (preset is not None and preset.dit_dir == folder)
 
 
 def _pick_dit_dir(root: Path, variant: str | None) -> Path:

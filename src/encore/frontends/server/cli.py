@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=d.data_dir, help="Server-owned folder for the job store, uploads, outputs.")
     p.add_argument("--workers", type=int, default=d.workers, help="Worker processes (each loads the model).")
     p.add_argument("--checkpoint", default=os.environ.get("ENCORE_CHECKPOINT"), help="Checkpoint folder or preset.")
+    p.add_argument("--variant", default=None,
+                   help="DiT of a checkpoint root holding several (turbo, base, ...; default: the turbo when present).")
     p.add_argument("--planner", default=os.environ.get("ENCORE_PLANNER"),
                    help="Folder of the 5 Hz LM (enables /format_input, simple mode and thinking).")
     p.add_argument("--device", default=d.device, help="Worker device: auto, cpu, cuda, cuda:1, mps.")
@@ -64,7 +66,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     keys = tuple(args.api_key or [k.strip() for k in os.environ.get(KEY_ENV, "").split(",") if k.strip()])
     return ServerSettings(
         data_dir=args.data_dir, host=args.host, port=args.port, api_keys=keys, workers=args.workers,
-        checkpoint=args.checkpoint, planner=args.planner, device=args.device, dtype=args.dtype,
+        checkpoint=args.checkpoint, variant=args.variant, planner=args.planner, device=args.device, dtype=args.dtype,
         pipeline_factory=args.pipeline_factory,
         model_name=args.model_name, queue_max=args.queue_max, max_attempts=args.max_attempts, lease_s=args.lease_s,
         heartbeat_s=args.heartbeat_s, job_timeout_s=args.job_timeout_s, drain_grace_s=args.drain_grace_s,

@@ -45,6 +45,8 @@ class ServerSettings:
     pipeline_factory: str = "encore.frontends.server.worker:load_default_pipeline"
     """"module:function" called as f(settings) in each worker to build the pipeline."""
     checkpoint: str | None = None
+    variant: str | None = None
+    """DiT of a checkpoint root holding several (turbo, base, or a folder name); None = the turbo when present."""
     planner: str | None = None
     """Folder of the 5 Hz LM; enables the planner modes (format / sample / understand) and ``planner.think``."""
     device: str = "auto"

@@ -57,7 +57,7 @@ def load_default_pipeline(settings: ServerSettings) -> Any:
     if not settings.checkpoint:
         raise CheckpointError("<none>", "no checkpoint given: start the server with --checkpoint PATH")
     return Pipeline.from_pretrained(settings.checkpoint, device=settings.device, dtype=settings.dtype,
-                                    planner=settings.planner)
+                                    planner=settings.planner, variant=settings.variant)
 
 
 def load_factory(spec: str) -> Callable[[ServerSettings], Any]:
