@@ -59,3 +59,36 @@ def test_probe_refuses_too_few_clips_and_bad_usage() -> None:
         probe_pitch(latents[:3], chromas[:3], energies[:3])
     with pytest.raises(InvalidRequest, match="usage"):
         main(["only-one-arg"])
+
+
+def test_vae_clips_encode_the_corpus_mixes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vae_clips` (a VAE probed without a latent cache): one latent row per frame of each mix, chroma of the
+    same frames, and a VAE at another rate than the corpus is refused by name."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from encore.data import corpus
+    from encore.training.latent_probe import vae_clips
+
+    labels = [SimpleNamespace(clip_id=f"c{i}", sample_rate=RATE) for i in range(3)]
+    t = torch.arange(RATE) / RATE
+    mixes = {f"c{i}": torch.stack([torch.sin(2 * torch.pi * f * t)] * 2) for i, f in enumerate((220, 330, 440))}
+    monkeypatch.setattr(corpus, "read_manifest", lambda folder: labels)
+    monkeypatch.setattr(corpus, "load_mix", lambda folder, label: mixes[label.clip_id])
+
+    class FrameMeans:  # "encodes" each 1920-sample frame as its mean and its energy
+        config = SimpleNamespace(sampling_rate=RATE, hop_samples=HOP)
+
+        def encode(self, wav: torch.Tensor) -> SimpleNamespace:
+            frames = wav.mean(dim=1).reshape(1, -1, HOP)
+            return SimpleNamespace(mean=torch.stack([frames.mean(-1), frames.pow(2).mean(-1)], dim=1))
+
+    latents, chromas, energies = vae_clips(FrameMeans(), "corpus", max_clips=2)
+    assert len(latents) == 2 and latents[0].shape == (25, 2)
+    assert chromas[0].shape == (25, 12) and energies[1].shape == (25,)
+    assert np.allclose(latents[1][:, 1], 0.5, atol=0.01)  # a unit sine's mean square
+    assert chromas[1][5:-5].argmax(axis=1).tolist() == [4] * 15  # 330 Hz is an E
+    labels[0].sample_rate = 44_100
+    with pytest.raises(InvalidRequest, match="44100 Hz"):
+        vae_clips(FrameMeans(), "corpus")

@@ -10,7 +10,8 @@ It also reports how smooth the latents are in time (`temporal_correlation`): the
 each channel. Near 0 means the latents are close to white noise frame to frame, so a generator has to place
 every frame's detail itself (the shipped embedded VAE: 0.00 at lag 1).
 
-Run: `python -m encore.training.latent_probe <latent cache> <corpus> [max_clips=160]`
+Run: `python -m encore.training.latent_probe <latent cache> <corpus> [max_clips=160]`; in place of the cache, a
+VAE (a training checkpoint, a finalized `vae/` folder or a released model) probes the latents it computes.
 """
 
 from __future__ import annotations
@@ -126,6 +127,43 @@ def cache_clips(cache_dir: str | Path, corpus_dir: str | Path, max_clips: int = 
     return latents, chromas, energies
 
 
+def vae_clips(vae: torch.nn.Module, corpus_dir: str | Path, max_clips: int = 160
+              ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:  # fmt: skip
+    """As `cache_clips`, with the latents computed here: the posterior means of the first `max_clips` corpus mixes
+    under `vae` (an `OobleckVAE`), so a VAE candidate is probed without building a latent cache."""
+    from encore.data.corpus import load_mix, read_manifest
+
+    cfg = vae.config
+    latents, chromas, energies = [], [], []
+    for label in read_manifest(corpus_dir)[:max_clips]:
+        if label.sample_rate != cfg.sampling_rate:
+            raise InvalidRequest("vae", f"the VAE runs at {cfg.sampling_rate} Hz but clip {label.clip_id} of "
+                                        f"{corpus_dir} is {label.sample_rate} Hz")  # fmt: skip
+        wav = load_mix(corpus_dir, label).float()
+        with torch.inference_mode():
+            z = vae.encode(wav[None]).mean[0].T.float().numpy()
+        chroma, energy = frame_chroma(wav.mean(dim=0).numpy(), cfg.sampling_rate, cfg.hop_samples, len(z))
+        latents.append(z)
+        chromas.append(chroma)
+        energies.append(energy)
+    return latents, chromas, energies
+
+
+def _clips_of(source: Path, corpus_dir: str | Path, max_clips: int
+              ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:  # fmt: skip
+    """A latent cache (`meta.json`), a VAE training checkpoint, or a finalized / released VAE."""
+    from encore.training.checkpointing import STATE_NAME
+    from encore.training.recipes import vae as vae_recipe
+
+    if (source / "meta.json").is_file():
+        return cache_clips(source, corpus_dir, max_clips)
+    if (source / STATE_NAME).is_file():
+        vae, _ = vae_recipe._trained_vae(source)  # the recipe's own reader of its checkpoints
+    else:
+        vae, _, _ = vae_recipe.load_vae_checkpoint(source)
+    return vae_clips(vae, corpus_dir, max_clips)
+
+
 def probe_cache(cache_dir: str | Path, corpus_dir: str | Path, *, max_clips: int = 160) -> PitchProbe:
     """`probe_pitch` over the first `max_clips` clips of a latent cache and their mixes in the corpus."""
     return probe_pitch(*cache_clips(cache_dir, corpus_dir, max_clips))
@@ -135,8 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     opts = dict(a.split("=", 1) for a in args[2:] if "=" in a)
     if len(args) < 2 or set(opts) - {"max_clips"}:
-        raise InvalidRequest("latent_probe", "usage: latent_probe <latent cache> <corpus> [max_clips=N]")
-    latents, chromas, energies = cache_clips(args[0], args[1], int(opts.get("max_clips", 160)))
+        raise InvalidRequest("latent_probe", "usage: latent_probe <latent cache | VAE checkpoint> <corpus> "
+                                             "[max_clips=N]")  # fmt: skip
+    latents, chromas, energies = _clips_of(Path(args[0]), args[1], int(opts.get("max_clips", 160)))
     result = probe_pitch(latents, chromas, energies)
     print(f"pitch in latents: frame R^2 {result.frame_r2:.3f}, clip chroma correlation (median) "
           f"{result.clip_correlation:.2f} ({result.train_clips} clips fitted, {result.test_clips} held out)")  # fmt: skip
