@@ -221,3 +221,23 @@ def test_a_dit_folder_refuses_another_variant(broken: Path) -> None:
     with pytest.raises(CheckpointError, match="variant 'base' asked for") as info:
         resolve_checkpoint(folder, variant="base")
     assert info.value.path == str(folder)
+
+
+def test_cache_identity_follows_every_folder_the_cache_comes_from(broken: Path) -> None:
+    """A latent/condition cache made with the turbo goes stale when the base it shares weights with, the VAE or
+    the silence latent changes, not only when the turbo's own file does."""
+    import os
+
+    from encore.data.preprocess import checkpoint_identity
+
+    _share(broken)
+    paths = resolve_checkpoint(broken)
+    before = checkpoint_identity(paths)
+    assert checkpoint_identity(resolve_checkpoint(broken)) == before  # stable when nothing changed
+    for changed in (broken / "acestep-v15-base" / "model.safetensors", broken / "vae" / "diffusion_pytorch_model.safetensors",
+                    paths.silence):  # fmt: skip
+        stat = changed.stat()
+        os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+        after = checkpoint_identity(resolve_checkpoint(broken))
+        assert after != before, changed
+        before = after

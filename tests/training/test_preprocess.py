@@ -50,7 +50,7 @@ def test_cache_matches_inference_conditioning(tiny_components, tiny_dataset) -> 
 
 def test_edited_manifest_makes_the_cache_stale(tiny_components, tiny_dataset, tmp_path: Path) -> None:
     manifest_path, _ = tiny_dataset
-    ident = checkpoint_identity(tiny_components.paths.dit)
+    ident = checkpoint_identity(tiny_components.paths)
     assert fresh_latents(manifest_path, ident) is not None
     assert fresh_latents(manifest_path, "another checkpoint") is None
     edited = tmp_path / "edited.json"

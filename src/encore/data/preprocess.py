@@ -37,7 +37,7 @@ from encore.training.objectives import mix_seed
 
 if TYPE_CHECKING:
     from encore.models.planner import Planner
-    from encore.pipeline.loading import Components
+    from encore.pipeline.loading import CheckpointPaths, Components
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,25 @@ def fingerprint(sample: Sample, audio: Path, caption: str, checkpoint: str, seed
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
-def checkpoint_identity(dit_folder: str | Path) -> str:
-    """Which DiT the conditions were computed with (its folder and its weight files' sizes and mtimes)."""
-    folder = Path(dit_folder).resolve()
-    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("*.safetensors"))
-    return json.dumps([str(folder), files])
+def checkpoint_identity(paths: CheckpointPaths) -> str:
+    """Which weights the cache was computed with: the name, size and mtime of every weight file that the latents
+    (the VAE), the contexts (the silence latent) and the conditions (the DiT's condition encoder, the text encoder)
+    come from.
+
+    A DiT folder that takes part of its tensors from another (an embedded turbo bundled with its base,
+    `loading.shared_weights_source`) counts that folder's files too: its condition encoder is the base's.
+    """
+    from encore.pipeline.loading import shared_weights_source
+
+    folders = [paths.dit, shared_weights_source(paths), paths.vae, paths.text_encoder, paths.silence]
+    entries = []
+    for folder in folders:
+        if folder is None:
+            continue
+        folder = Path(folder).resolve()
+        weights = folder.glob("*.safetensors") if folder.is_dir() else [folder] if folder.is_file() else []
+        entries.append([str(folder), sorted((w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights)])
+    return json.dumps(entries)
 
 
 @torch.no_grad()
@@ -129,7 +143,7 @@ def preprocess_manifest(manifest_path: str | Path, components: Components, out_d
     if not manifest.samples:
         raise CheckpointError(str(manifest_path), "the manifest lists no usable samples")
     out = Path(out_dir) if out_dir is not None else manifest_path.parent / "latents"
-    ident = checkpoint_identity(components.paths.dit)
+    ident = checkpoint_identity(components.paths)
     writer = LatentShardWriter(out, metadata={"checkpoint": ident, "manifest": manifest_path.name, "seed": seed})
     vae = components.vae_config
     items = list(iter_training_items(manifest, manifest_path))
@@ -151,7 +165,7 @@ def preprocess_manifest(manifest_path: str | Path, components: Components, out_d
 
 def fresh_latents(manifest_path: str | Path, identity: str) -> Path | None:
     """The manifest's latent index if it exists and matches the manifest and the checkpoint `identity`
-    (`checkpoint_identity(dit_folder)`) exactly, else None."""
+    (`checkpoint_identity(paths)`) exactly, else None."""
     manifest_path = Path(manifest_path)
     manifest = Manifest.load(manifest_path)
     if manifest.latents is None:

@@ -141,7 +141,7 @@ class LoraRecipe:
         path = Path(dataset)
         if path.is_dir() or path.name == INDEX_NAME:
             return path
-        ident = checkpoint_identity(self._checkpoint_paths().dit)
+        ident = checkpoint_identity(self._checkpoint_paths())
         if self.is_main and fresh_latents(path, ident) is None:
             from encore.pipeline.loading import load_components
 
