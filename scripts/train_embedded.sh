@@ -66,13 +66,8 @@ stage() {  # stage NAME COMMAND...: skip when done, log to $RUN/logs/NAME.log, m
 }
 
 build_corpus() {
-  "$PY" -c "
-import logging, sys
-from encore.data.corpus import build_corpus
-logging.basicConfig(level=logging.INFO)
-print(build_corpus(sys.argv[1], hours=float(sys.argv[2]), seed=int(sys.argv[3]), workers=int(sys.argv[4]),
-                   clip_seconds=float(sys.argv[5])))
-" "$RUN/corpus" "$CORPUS_HOURS" "$SEED" "$THREADS" "$CLIP_SECONDS"
+  "$PY" -m encore.frontends.cli data build "$RUN/corpus" --hours "$CORPUS_HOURS" --seed "$SEED" \
+    --workers "$THREADS" --clip-seconds "$CLIP_SECONDS"
 }
 
 train_vae() {

@@ -90,6 +90,28 @@ def test_bad_arguments(tmp_path):
         build_corpus(tmp_path, hours=-1.0)
 
 
+def test_cli_builds_the_default_corpus_and_resumes(all_tools, tmp_path, capsys):
+    """`encore data build` end to end with the default recipe (its two soundfonts): two 2-s clips, then four."""
+    from encore.data.render import available_soundfonts
+    from encore.frontends import cli
+
+    if not {"FluidR3_GM", "MuseScore_General_Lite"} <= set(available_soundfonts()):
+        pytest.skip("the default corpus soundfonts are not installed (run scripts/setup-data.sh)")
+    out = tmp_path / "corpus"
+    argv = ["data", "build", str(out), "--seed", "2", "--clip-seconds", "2", "--json", "--quiet"]
+    assert cli.main([*argv, "--clips", "2"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert (first["clips"], first["rendered"], first["skipped"]) == (2, 2, 0)
+    assert cli.main([*argv, "--clips", "4"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert (second["clips"], second["rendered"], second["skipped"]) == (4, 2, 2)
+    labels = read_manifest(out)
+    assert [lab.index for lab in labels] == [0, 1, 2, 3]
+    for lab in labels:
+        info = sf.info(str(clip_dir(out, lab.index) / "mix.flac"))
+        assert (info.samplerate, info.channels, info.frames) == (48_000, 2, 96_000)
+
+
 def _midi_facts(path):
     mid = mido.MidiFile(str(path))
     metas = {m.type: m for m in mid.tracks[0] if m.is_meta}

@@ -32,6 +32,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "encore.frontends.ui.cli:register",
     "encore.frontends.train_cli:register",
     "encore.frontends.eval_cli:register",
+    "encore.frontends.data_cli:register",
     "encore.frontends.planner_cli:register",
 )
 """``module:function`` entries, each adding subcommands to the parser. Add a line to add a command group."""
