@@ -261,3 +261,19 @@ def test_smoothness_term_is_logged_lowers_roughness_and_checks_the_crop(tmp_path
     assert rows[-1]["roughness"] < 0.7 * rows[0]["roughness"], [r["roughness"] for r in rows]
     with pytest.raises(InvalidRequest, match="crop_seconds"):
         VAERecipe(_config(tmp_path / "bad", smoothness_weight=1.0, crop_seconds=0.01), source=source).setup()
+
+
+def test_embedded_geometries_share_widths_and_rate_and_differ_in_stride_order() -> None:
+    """`embedded-v2` is the shipped geometry with the official stride order: 25 Hz latents of 48 kHz audio."""
+    old, new = embedded.vae_config("embedded"), embedded.vae_config("embedded-v2")
+    assert old.downsampling_ratios == (10, 6, 4, 4, 2) and new.downsampling_ratios == (2, 4, 4, 6, 10)
+    assert (new.hop_samples, new.latent_channels, new.sampling_rate) == (1920, 16, 48_000)
+    assert [getattr(new, f) for f in ("channel_multiples", "decoder_channels", "encoder_hidden_size")] == [
+        getattr(old, f) for f in ("channel_multiples", "decoder_channels", "encoder_hidden_size")]
+    vae = OobleckVAE(new).eval()
+    with torch.inference_mode():
+        z = vae.encode(torch.zeros(1, 2, 2 * 1920 * 5)).mean
+        assert z.shape == (1, 16, 10)
+        assert vae.decode(z).shape == (1, 2, 2 * 1920 * 5)
+    with pytest.raises(ValueError, match="embedded-v2"):
+        embedded.vae_config("embedded-v3")

@@ -57,7 +57,7 @@ class VAETrainConfig(RecipeConfig):
     """Corpus folder (clips with `labels.json`; mixes and stems are used), a folder of audio files, or a text
     file listing audio paths. Empty only when the recipe is given an `AudioSource` directly."""
     geometry: str = "embedded"
-    """`embedded` or `tiny` (see `encore.training.embedded.vae_config`)."""
+    """`embedded`, `embedded-v2` or `tiny` (see `encore.training.embedded.vae_config`)."""
     init_from: str | None = None
     """A VAE checkpoint folder, or a finalized `vae/` folder (e.g. the shipped one, to retrain its decoder with
     the encoder frozen: the cached latents stay valid), whose weights start this run (no optimizer state)."""
