@@ -277,3 +277,46 @@ def test_embedded_geometries_share_widths_and_rate_and_differ_in_stride_order() 
         assert vae.decode(z).shape == (1, 2, 2 * 1920 * 5)
     with pytest.raises(ValueError, match="embedded-v2"):
         embedded.vae_config("embedded-v3")
+
+
+def test_frame_pitch_profiles_match_the_latent_probe() -> None:
+    from encore.training.latent_probe import frame_chroma
+    from encore.training.losses import frame_pitch_profiles
+
+    wav = _tone(0.6, 220.0) + _tone(0.6, 330.0, seed=1)
+    profiles, energy = frame_pitch_profiles(wav[None], RATE, 320, 15, n_fft=1024)
+    want, want_energy = frame_chroma(wav.mean(dim=0).numpy(), RATE, 320, 15, n_fft=1024)
+    assert profiles.shape == (1, 15, 12) and energy.shape == (1, 15)
+    torch.testing.assert_close(profiles[0].double(), torch.from_numpy(want), atol=1e-5, rtol=0)
+    torch.testing.assert_close(energy[0].double(), torch.from_numpy(want_energy), rtol=1e-4, atol=1e-4)
+    assert {int(i) for i in profiles[0, 2:12].mean(dim=0).topk(2).indices} == {9, 4}  # A (220 Hz), E (330 Hz)
+
+
+def test_latent_pitch_loss_falls_and_the_head_resumes_exactly(tmp_path: Path) -> None:
+    """The head on the posterior means fits the clips' pitch profiles; it is checkpointed with the VAE. (Telling
+    the two notes apart takes the encoder far longer than a unit test: the model card's Limits.)"""
+    from encore.training.losses import frame_pitch_profiles
+
+    clips = [_tone(0.6, 220.0), _tone(0.6, 261.63, seed=2)]  # A3 and C4
+    for clip, pitch_class in zip(clips, (9, 0), strict=True):
+        truth, _ = frame_pitch_profiles(clip[None, :, :3200], RATE, 320, 10, n_fft=1024)
+        assert int(truth[0, 2:8].mean(dim=0).argmax()) == pitch_class
+    kw = {"crop_seconds": 0.4, "fft_sizes": (128, 64, 32), "latent_pitch_weight": 1.0, "chroma_fft_size": 1024,
+          "learning_rate": 3e-3, "adamw_learning_rate": 1e-2}  # fmt: skip
+    full = VAERecipe(_config(tmp_path / "full", max_steps=40, **kw), source=TensorAudioSource(clips))
+    full.setup()
+    rows = full.train()
+    first, last = (sum(r["latent_pitch"] for r in part) / 10 for part in (rows[:10], rows[-10:]))
+    assert last < 0.8 * first, (first, last)
+
+    split = VAERecipe(_config(tmp_path / "split", max_steps=20, **kw), source=TensorAudioSource(clips))
+    split.setup()
+    split.train()
+    again = VAERecipe(_config(tmp_path / "split", max_steps=40, **kw), source=TensorAudioSource(clips))
+    again.setup()
+    assert again.step == 20
+    rest = again.train()
+    assert [r["loss"] for r in rest] == [r["loss"] for r in rows[20:]]
+    assert again.pitch_head is not None
+    for key, value in full.pitch_head.state_dict().items():
+        assert torch.equal(again.pitch_head.state_dict()[key], value), key

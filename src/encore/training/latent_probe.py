@@ -40,17 +40,19 @@ class PitchProbe:
     test_clips: int
 
 
-def frame_chroma(mono: np.ndarray, rate: int, hop: int, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+def frame_chroma(mono: np.ndarray, rate: int, hop: int, num_frames: int, n_fft: int = CHROMA_FFT
+                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Pitch-class profile of each latent frame: `([num_frames, 12] rows summing to 1, [num_frames] energy)`.
 
-    Frame t is the window centred on sample `t * hop` (the clip is zero-padded by half a window each side).
+    Frame t is the `n_fft` window centred on sample `t * hop` (the clip is zero-padded by half a window each
+    side). `encore.training.losses.frame_pitch_profiles` is the same in torch, for training.
     """
-    half = CHROMA_FFT // 2
+    half = n_fft // 2
     padded = np.pad(np.asarray(mono, dtype=np.float32), (half, half + num_frames * hop))
     starts = np.arange(num_frames) * hop
-    frames = np.stack([padded[s : s + CHROMA_FFT] for s in starts]) * np.hanning(CHROMA_FFT).astype(np.float32)
+    frames = np.stack([padded[s : s + n_fft] for s in starts]) * np.hanning(n_fft).astype(np.float32)
     mag = np.abs(np.fft.rfft(frames, axis=1))
-    chroma = mag.astype(np.float64) @ pitch_class_matrix(CHROMA_FFT, rate, dtype=torch.float64).numpy().T
+    chroma = mag.astype(np.float64) @ pitch_class_matrix(n_fft, rate, dtype=torch.float64).numpy().T
     energy = chroma.sum(axis=1)
     return chroma / np.maximum(energy[:, None], 1e-9), energy
 

@@ -172,3 +172,25 @@ def chroma_loss(pred: Tensor, target: Tensor, sample_rate: int, n_fft: int = 819
     t_profile = t / t_energy.clamp_min(1e-6)
     weights = t_energy / t_energy.sum().clamp_min(1e-6)
     return ((p_profile - t_profile).abs().sum(dim=1, keepdim=True) * weights).sum()
+
+
+def frame_pitch_profiles(wav: Tensor, sample_rate: int, hop: int, num_frames: int, n_fft: int = 8192
+                         ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Pitch-class profile of each latent frame of `wav` `[B, C, S]`: `([B, num_frames, 12]` rows summing to 1,
+    `[B, num_frames]` pitched energy)`. Frame t is the `n_fft` window centred on sample `t * hop` (zero-padded
+    at the ends), as in `encore.training.latent_probe.frame_chroma`."""
+    mono = F.pad(wav.float().mean(dim=1), (n_fft // 2, n_fft // 2 + num_frames * hop))
+    window = torch.hann_window(n_fft, periodic=False, device=wav.device)  # np.hanning, as the probe uses
+    spec = torch.stft(mono, n_fft=n_fft, hop_length=hop, window=window, center=False, return_complex=True)
+    chroma = pitch_class_matrix(n_fft, sample_rate).to(wav.device) @ spec.abs()[..., :num_frames]
+    energy = chroma.sum(dim=1)
+    return (chroma / energy[:, None].clamp_min(1e-9)).transpose(1, 2), energy
+
+
+def latent_pitch_loss(logits: Tensor, profiles: Tensor, energy: Tensor, floor: float = 1e-3) -> Tensor:
+    """KL(profile || softmax(logits)) per frame, averaged over frames with at least `floor` of their crop's
+    loudest pitched energy (silence has no pitch). `logits` and `profiles` `[B, T, 12]`, `energy` `[B, T]`."""
+    weights = (energy > floor * energy.amax(dim=1, keepdim=True)).float()
+    target = profiles.clamp_min(1e-9)
+    kl = (profiles * (target.log() - F.log_softmax(logits.float(), dim=-1))).sum(dim=-1)
+    return (kl * weights).sum() / weights.sum().clamp_min(1.0)

@@ -31,8 +31,10 @@ from encore.training.losses import (
     chroma_loss,
     discriminator_hinge_loss,
     feature_matching_loss,
+    frame_pitch_profiles,
     gaussian_kl,
     generator_hinge_loss,
+    latent_pitch_loss,
     multi_resolution_stft_loss,
     si_sdr,
     temporal_roughness,
@@ -85,6 +87,11 @@ class VAETrainConfig(RecipeConfig):
     VAE keep rhythm and envelope but lose the notes (reconstruction chroma correlated r 0.0-0.4 with the input's,
     exact key 2 %)."""
     chroma_fft_size: int = 8192
+    latent_pitch_weight: float = 0.0
+    """Weight of `latent_pitch_loss`: a linear head (a 5-frame convolution, training only, not exported)
+    predicts each latent frame's pitch-class profile from the posterior means, so the encoder must put the
+    notes into the latents where a linear read-out (and the DiT) can find them. `chroma_weight` alone acts
+    through the decoder and left the latents without pitch (latent probe R^2 < 0)."""
     smoothness_weight: float = 0.0
     """Weight of `temporal_roughness` of the posterior means (1 - their lag-1 autocorrelation), with the KL
     term (not in the final phase). The embedded VAE's latents came out white in time (lag-1 autocorrelation
@@ -282,6 +289,11 @@ class VAERecipe(Recipe[VAETrainConfig]):
             )
         if cfg.balanced_upsampling:
             balance_upsampling_(self.vae.decoder)
+        self.pitch_head: nn.Conv1d | None = None
+        if cfg.latent_pitch_weight > 0:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed + 1)
+                self.pitch_head = nn.Conv1d(self.vae_config.latent_channels, 12, 5, padding=2).to(self.device)
         if self.source is None:
             if not cfg.data:
                 raise InvalidRequest("data", "needs a corpus folder or audio file list")
@@ -294,8 +306,9 @@ class VAERecipe(Recipe[VAETrainConfig]):
             weight_decay=cfg.weight_decay,
             adjust_lr_fn="match_rms_adamw",
         )
+        head = list(self.pitch_head.parameters()) if self.pitch_head is not None else []
         self.adamw = torch.optim.AdamW(
-            others, lr=cfg.adamw_learning_rate, betas=(0.8, 0.99), weight_decay=0.0
+            [*others, *head], lr=cfg.adamw_learning_rate, betas=(0.8, 0.99), weight_decay=0.0
         )
         self.disc_opt = torch.optim.AdamW(
             self.disc.parameters(), lr=cfg.disc_learning_rate, betas=(0.8, 0.99)
@@ -306,13 +319,16 @@ class VAERecipe(Recipe[VAETrainConfig]):
             raise InvalidRequest("crop_seconds", "shorter than one latent frame")
         if cfg.smoothness_weight > 0 and self.crop_samples < 3 * self.vae_config.hop_samples:
             raise InvalidRequest("crop_seconds", "smoothness_weight needs crops of at least 3 latent frames")
-        if cfg.chroma_weight > 0 and cfg.chroma_fft_size > self.crop_samples:
+        if (cfg.chroma_weight > 0 or cfg.latent_pitch_weight > 0) and cfg.chroma_fft_size > self.crop_samples:
             raise InvalidRequest(
                 "chroma_fft_size", f"{cfg.chroma_fft_size} is longer than the {self.crop_samples}-sample crop"
             )
 
     def checkpoint_modules(self) -> dict[str, nn.Module]:
-        return {"vae": self.vae, "disc": self.disc}
+        modules: dict[str, nn.Module] = {"vae": self.vae, "disc": self.disc}
+        if self.pitch_head is not None:
+            modules["pitch_head"] = self.pitch_head
+        return modules
 
     def checkpoint_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"muon": self.muon, "adamw": self.adamw, "disc": self.disc_opt}
@@ -340,6 +356,15 @@ class VAERecipe(Recipe[VAETrainConfig]):
             pitch = chroma_loss(recon, wav, self.vae_config.sampling_rate, cfg.chroma_fft_size)
             loss = loss + cfg.chroma_weight * pitch
             logs["chroma"] = pitch.item()
+        if self.pitch_head is not None and not encoder_frozen:
+            frames = posterior.mean.shape[-1]
+            with torch.no_grad():
+                profiles, energy = frame_pitch_profiles(wav, self.vae_config.sampling_rate,
+                                                        self.vae_config.hop_samples, frames, cfg.chroma_fft_size)
+            logits = self.pitch_head(posterior.mean).transpose(1, 2)
+            latent_pitch = latent_pitch_loss(logits, profiles, energy)
+            loss = loss + cfg.latent_pitch_weight * latent_pitch
+            logs["latent_pitch"] = latent_pitch.item()
         if not final:
             kl = gaussian_kl(posterior.mean, posterior.std)
             loss = loss + cfg.kl_weight * kl
