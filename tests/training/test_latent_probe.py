@@ -92,3 +92,39 @@ def test_vae_clips_encode_the_corpus_mixes(monkeypatch: pytest.MonkeyPatch) -> N
     labels[0].sample_rate = 44_100
     with pytest.raises(InvalidRequest, match="44100 Hz"):
         vae_clips(FrameMeans(), "corpus")
+
+
+def test_round_trip_scores_what_survives_the_vae(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """An identity VAE keeps every key and the chroma; one that always decodes the same F# tone keeps neither."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from encore.data import corpus
+    from encore.training.latent_probe import round_trip
+
+    t = torch.arange(2 * RATE) / RATE
+    triads = {"C major": (261.63, 329.63, 392.0), "A minor": (220.0, 261.63, 329.63), "G major": (196.0, 246.94, 293.66)}
+    labels = [SimpleNamespace(clip_id=k, keyscale=k, sample_rate=RATE) for k in ["unused", *triads]]
+    mixes = {k: torch.stack([sum(torch.sin(2 * torch.pi * f * t) for f in fs) / 3] * 2) for k, fs in triads.items()}
+    monkeypatch.setattr(corpus, "read_manifest", lambda folder: labels)
+    monkeypatch.setattr(corpus, "load_mix", lambda folder, label: mixes[label.clip_id])
+
+    class Fake:
+        config = SimpleNamespace(sampling_rate=RATE, hop_samples=HOP)
+
+        def __init__(self, decode: object) -> None:
+            self.decode = decode
+
+        def encode(self, wav: torch.Tensor) -> SimpleNamespace:
+            return SimpleNamespace(mean=wav)
+
+    identity = round_trip(Fake(lambda z: z), "corpus", clips=3)
+    assert identity.clips == 3 and identity.render_keys >= 2
+    assert identity.reconstruction_keys == identity.render_keys and identity.chroma_correlation > 0.999
+    tone = round_trip(Fake(lambda z: torch.sin(2 * torch.pi * 369.99 * t).expand_as(z)), "corpus", clips=3)
+    assert tone.render_keys == identity.render_keys
+    assert tone.reconstruction_keys == 0 and tone.chroma_correlation < 0.3
+    (tmp_path / "meta.json").write_text("{}")  # a latent cache has no VAE to decode with
+    with pytest.raises(InvalidRequest, match="needs a VAE"):
+        main([str(tmp_path), "corpus", "roundtrip=3"])

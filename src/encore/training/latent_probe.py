@@ -11,7 +11,8 @@ each channel. Near 0 means the latents are close to white noise frame to frame, 
 every frame's detail itself (the shipped embedded VAE: 0.00 at lag 1).
 
 Run: `python -m encore.training.latent_probe <latent cache> <corpus> [max_clips=160]`; in place of the cache, a
-VAE (a training checkpoint, a finalized `vae/` folder or a released model) probes the latents it computes.
+VAE (a training checkpoint, a finalized `vae/` folder or a released model) probes the latents it computes, and
+`roundtrip=N` also decodes the last N corpus mixes and scores their keys as `encore eval` does (`round_trip`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,19 @@ class PitchProbe:
     """Median over held-out clips of the correlation between the clip's mean predicted and true chroma."""
     train_clips: int
     test_clips: int
+
+
+@dataclass(frozen=True)
+class RoundTrip:
+    """What pitch survives encode + decode: the eval's key estimator on renders and reconstructions."""
+
+    clips: int
+    render_keys: int
+    """Clips whose render the key estimator names exactly (the ceiling)."""
+    reconstruction_keys: int
+    """Clips whose reconstruction it names exactly (`encore eval`'s vae-recon row, on these clips)."""
+    chroma_correlation: float
+    """Median over clips of the correlation of render and reconstruction clip chroma (energy-weighted)."""
 
 
 def frame_chroma(mono: np.ndarray, rate: int, hop: int, num_frames: int, n_fft: int = CHROMA_FFT
@@ -151,19 +165,52 @@ def vae_clips(vae: torch.nn.Module, corpus_dir: str | Path, max_clips: int = 160
     return latents, chromas, energies
 
 
-def _clips_of(source: Path, corpus_dir: str | Path, max_clips: int
-              ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:  # fmt: skip
-    """A latent cache (`meta.json`), a VAE training checkpoint, or a finalized / released VAE."""
+def round_trip(vae: torch.nn.Module, corpus_dir: str | Path, clips: int = 20) -> RoundTrip:
+    """Encode and decode the last `clips` mixes of the corpus (the ones a VAE run is least likely to have seen
+    most) with `vae`, and compare keys and clip chroma with the renders'."""
+    from encore.data.corpus import load_mix, read_manifest
+    from encore.eval.analysis import analyze_clip, key_match
+
+    cfg = vae.config
+    labels = read_manifest(corpus_dir)[-clips:]
+    render_keys = reconstruction_keys = 0
+    correlations = []
+    for label in labels:
+        wav = load_mix(corpus_dir, label).float()
+        wav = wav[:, : wav.shape[-1] // cfg.hop_samples * cfg.hop_samples]
+        with torch.inference_mode():
+            recon = vae.decode(vae.encode(wav[None]).mean)[0].float()
+        profiles = []
+        for audio in (wav, recon):
+            estimate = analyze_clip(audio.numpy(), cfg.sampling_rate).keyscale
+            exact = int(key_match(estimate, label.keyscale) == "exact")
+            if audio is wav:
+                render_keys += exact
+            else:
+                reconstruction_keys += exact
+            chroma, energy = frame_chroma(audio.mean(dim=0).numpy(), cfg.sampling_rate, cfg.hop_samples,
+                                          wav.shape[-1] // cfg.hop_samples)  # fmt: skip
+            profiles.append((chroma * energy[:, None]).sum(axis=0))
+        correlations.append(float(np.corrcoef(*profiles)[0, 1]) if min(p.std() for p in profiles) > 0 else 0.0)
+    return RoundTrip(len(labels), render_keys, reconstruction_keys, float(np.median(correlations)))
+
+
+def _load_vae(source: Path) -> torch.nn.Module:
+    """A VAE training checkpoint, or a finalized / released VAE."""
     from encore.training.checkpointing import STATE_NAME
     from encore.training.recipes import vae as vae_recipe
 
+    if (source / STATE_NAME).is_file():
+        return vae_recipe._trained_vae(source)[0]  # the recipe's own reader of its checkpoints
+    return vae_recipe.load_vae_checkpoint(source)[0]
+
+
+def _clips_of(source: Path, corpus_dir: str | Path, max_clips: int
+              ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:  # fmt: skip
+    """A latent cache (`meta.json`), a VAE training checkpoint, or a finalized / released VAE."""
     if (source / "meta.json").is_file():
         return cache_clips(source, corpus_dir, max_clips)
-    if (source / STATE_NAME).is_file():
-        vae, _ = vae_recipe._trained_vae(source)  # the recipe's own reader of its checkpoints
-    else:
-        vae, _, _ = vae_recipe.load_vae_checkpoint(source)
-    return vae_clips(vae, corpus_dir, max_clips)
+    return vae_clips(_load_vae(source), corpus_dir, max_clips)
 
 
 def probe_cache(cache_dir: str | Path, corpus_dir: str | Path, *, max_clips: int = 160) -> PitchProbe:
@@ -174,9 +221,11 @@ def probe_cache(cache_dir: str | Path, corpus_dir: str | Path, *, max_clips: int
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     opts = dict(a.split("=", 1) for a in args[2:] if "=" in a)
-    if len(args) < 2 or set(opts) - {"max_clips"}:
+    if len(args) < 2 or set(opts) - {"max_clips", "roundtrip"}:
         raise InvalidRequest("latent_probe", "usage: latent_probe <latent cache | VAE checkpoint> <corpus> "
-                                             "[max_clips=N]")  # fmt: skip
+                                             "[max_clips=N] [roundtrip=N]")  # fmt: skip
+    if "roundtrip" in opts and (Path(args[0]) / "meta.json").is_file():
+        raise InvalidRequest("roundtrip", "needs a VAE (a checkpoint or vae/ folder), not a latent cache")
     latents, chromas, energies = _clips_of(Path(args[0]), args[1], int(opts.get("max_clips", 160)))
     result = probe_pitch(latents, chromas, energies)
     print(f"pitch in latents: frame R^2 {result.frame_r2:.3f}, clip chroma correlation (median) "
@@ -184,6 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     smooth = temporal_correlation(latents)
     print("temporal autocorrelation (median over clips and channels): "
           + ", ".join(f"lag {k} {v:.2f}" for k, v in smooth.items()))  # fmt: skip
+    if "roundtrip" in opts:
+        trip = round_trip(_load_vae(Path(args[0])), args[1], int(opts["roundtrip"]))
+        print(f"round trip of the last {trip.clips} corpus clips: exact key {trip.reconstruction_keys}/{trip.clips} "
+              f"(renders {trip.render_keys}/{trip.clips}), clip chroma correlation (median) "
+              f"{trip.chroma_correlation:.2f}")  # fmt: skip
     return 0
 
 
