@@ -42,6 +42,8 @@ PLANNER_STEPS="${PLANNER_STEPS:-3000}"
 STEM_FRACTION="${STEM_FRACTION:-0.3}"
 BEAT_HINT_PROB="${BEAT_HINT_PROB:-0.75}"  # share of text2music items conditioned on beat hints (0 = none)
 MAX_CLIPS="${MAX_CLIPS:-}"
+# The shipped VAE keeps little pitch. A VAE whose latents carry it (model card, Limits; not yet trained to ship):
+#   VAE_ARGS="geometry=embedded-v2 latent_pitch_weight=1.0 chroma_weight=1.0 learning_rate=0.00025 adamw_learning_rate=0.0001"
 VAE_ARGS="${VAE_ARGS:-}"
 DIT_ARGS="${DIT_ARGS:-}"
 DISTILL_ARGS="${DISTILL_ARGS:-learning_rate=0.00002 ema_decay=0.95 flow_weight=1.0 dmd_min_t=0.5}"
