@@ -314,6 +314,12 @@ def _error_text(exc: EncoreError, args: argparse.Namespace | None) -> str:
     return " ".join(message.split())  # one line, whatever the message held
 
 
+def show_help(parser: argparse.ArgumentParser) -> int:
+    """What a command group run without its subcommand does (`encore train`): its help on stderr, usage exit."""
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script passes it to sys.exit)."""
     parser = build_parser()
@@ -321,8 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
                         format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+        return show_help(parser)
     try:
         return int(args.func(args))
     except EncoreError as exc:

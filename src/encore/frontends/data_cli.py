@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 
 from encore.errors import InvalidRequest
 from encore.frontends import cli
@@ -43,12 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="No progress lines on stderr.")
     p.add_argument("--json", action="store_true", help="Print the summary as JSON on stdout.")
     p.set_defaults(func=run_build)
-    data.set_defaults(func=lambda args: _missing(data))
-
-
-def _missing(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return cli.EXIT_USAGE
+    data.set_defaults(func=lambda args: cli.show_help(data))
 
 
 def run_build(args: argparse.Namespace) -> int:

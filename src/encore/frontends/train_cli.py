@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from encore.frontends import cli
+
 log = logging.getLogger("encore.cli")
 
 EXIT_OK, EXIT_ERROR = 0, 1
@@ -34,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dataset = subparsers.add_parser("dataset", help="Build a training dataset from a folder of songs.")
     dsub = dataset.add_subparsers(dest="dataset_command", metavar="COMMAND", parser_class=type(dataset))
     _register_build(dsub)
-    dataset.set_defaults(func=lambda args: _missing(dataset))
+    dataset.set_defaults(func=lambda args: cli.show_help(dataset))
     train = subparsers.add_parser("train", help="Fine-tune the model (LoRA).")
     tsub = train.add_subparsers(dest="train_command", metavar="RECIPE", parser_class=type(train))
     _register_lora(tsub)
@@ -44,12 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--config", default=None, help="TOML config file.")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Config fields (TOML value syntax).")
         p.set_defaults(func=run_other_recipe, recipe=name)
-    train.set_defaults(func=lambda args: _missing(train))
-
-
-def _missing(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
+    train.set_defaults(func=lambda args: cli.show_help(train))
 
 
 # --------------------------------------------------------------------------------------------- dataset build
