@@ -57,7 +57,7 @@ def vae_config(geometry: str = "embedded") -> VAEConfig:
 
     `embedded` downsamples by 10 first, so everything past its first block sees the audio at 4.8 kHz through
     20-tap filters; `embedded-v2` halves the rate first, as the official VAE does. Trained on frame chroma
-    alone (docs/model-card.md, Limits), a `embedded-v2` encoder began to carry pitch about twice as fast and
+    alone (docs/model-card.md, Limits), an `embedded-v2` encoder began to carry pitch about twice as fast and
     costs less per step on the CPU.
     """
     if geometry in ("embedded", "embedded-v2"):

@@ -166,33 +166,28 @@ def vae_clips(vae: torch.nn.Module, corpus_dir: str | Path, max_clips: int = 160
 
 
 def round_trip(vae: torch.nn.Module, corpus_dir: str | Path, clips: int = 20) -> RoundTrip:
-    """Encode and decode the last `clips` mixes of the corpus (the ones a VAE run is least likely to have seen
-    most) with `vae`, and compare keys and clip chroma with the renders'."""
+    """Encode and decode the last `clips` mixes of the corpus with `vae`, and compare keys and clip chroma with
+    the renders'. A VAE trained on this corpus has seen these clips (as random crops)."""
     from encore.data.corpus import load_mix, read_manifest
     from encore.eval.analysis import analyze_clip, key_match
 
     cfg = vae.config
     labels = read_manifest(corpus_dir)[-clips:]
-    render_keys = reconstruction_keys = 0
+    exact = np.zeros(2, dtype=int)  # renders, reconstructions
     correlations = []
     for label in labels:
         wav = load_mix(corpus_dir, label).float()
-        wav = wav[:, : wav.shape[-1] // cfg.hop_samples * cfg.hop_samples]
+        frames = wav.shape[-1] // cfg.hop_samples
+        wav = wav[:, : frames * cfg.hop_samples]
         with torch.inference_mode():
             recon = vae.decode(vae.encode(wav[None]).mean)[0].float()
         profiles = []
-        for audio in (wav, recon):
-            estimate = analyze_clip(audio.numpy(), cfg.sampling_rate).keyscale
-            exact = int(key_match(estimate, label.keyscale) == "exact")
-            if audio is wav:
-                render_keys += exact
-            else:
-                reconstruction_keys += exact
-            chroma, energy = frame_chroma(audio.mean(dim=0).numpy(), cfg.sampling_rate, cfg.hop_samples,
-                                          wav.shape[-1] // cfg.hop_samples)  # fmt: skip
+        for i, audio in enumerate((wav, recon)):
+            exact[i] += key_match(analyze_clip(audio.numpy(), cfg.sampling_rate).keyscale, label.keyscale) == "exact"
+            chroma, energy = frame_chroma(audio.mean(dim=0).numpy(), cfg.sampling_rate, cfg.hop_samples, frames)
             profiles.append((chroma * energy[:, None]).sum(axis=0))
         correlations.append(float(np.corrcoef(*profiles)[0, 1]) if min(p.std() for p in profiles) > 0 else 0.0)
-    return RoundTrip(len(labels), render_keys, reconstruction_keys, float(np.median(correlations)))
+    return RoundTrip(len(labels), int(exact[0]), int(exact[1]), float(np.median(correlations)))
 
 
 def _load_vae(source: Path) -> torch.nn.Module:
@@ -203,14 +198,6 @@ def _load_vae(source: Path) -> torch.nn.Module:
     if (source / STATE_NAME).is_file():
         return vae_recipe._trained_vae(source)[0]  # the recipe's own reader of its checkpoints
     return vae_recipe.load_vae_checkpoint(source)[0]
-
-
-def _clips_of(source: Path, corpus_dir: str | Path, max_clips: int
-              ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:  # fmt: skip
-    """A latent cache (`meta.json`), a VAE training checkpoint, or a finalized / released VAE."""
-    if (source / "meta.json").is_file():
-        return cache_clips(source, corpus_dir, max_clips)
-    return vae_clips(_load_vae(source), corpus_dir, max_clips)
 
 
 def probe_cache(cache_dir: str | Path, corpus_dir: str | Path, *, max_clips: int = 160) -> PitchProbe:
@@ -224,9 +211,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args) < 2 or set(opts) - {"max_clips", "roundtrip"}:
         raise InvalidRequest("latent_probe", "usage: latent_probe <latent cache | VAE checkpoint> <corpus> "
                                              "[max_clips=N] [roundtrip=N]")  # fmt: skip
-    if "roundtrip" in opts and (Path(args[0]) / "meta.json").is_file():
+    source, max_clips = Path(args[0]), int(opts.get("max_clips", 160))
+    vae = None if (source / "meta.json").is_file() else _load_vae(source)  # a latent cache has no VAE
+    if "roundtrip" in opts and vae is None:
         raise InvalidRequest("roundtrip", "needs a VAE (a checkpoint or vae/ folder), not a latent cache")
-    latents, chromas, energies = _clips_of(Path(args[0]), args[1], int(opts.get("max_clips", 160)))
+    if vae is None:
+        latents, chromas, energies = cache_clips(source, args[1], max_clips)
+    else:
+        latents, chromas, energies = vae_clips(vae, args[1], max_clips)
     result = probe_pitch(latents, chromas, energies)
     print(f"pitch in latents: frame R^2 {result.frame_r2:.3f}, clip chroma correlation (median) "
           f"{result.clip_correlation:.2f} ({result.train_clips} clips fitted, {result.test_clips} held out)")  # fmt: skip
@@ -234,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("temporal autocorrelation (median over clips and channels): "
           + ", ".join(f"lag {k} {v:.2f}" for k, v in smooth.items()))  # fmt: skip
     if "roundtrip" in opts:
-        trip = round_trip(_load_vae(Path(args[0])), args[1], int(opts["roundtrip"]))
+        trip = round_trip(vae, args[1], int(opts["roundtrip"]))
         print(f"round trip of the last {trip.clips} corpus clips: exact key {trip.reconstruction_keys}/{trip.clips} "
               f"(renders {trip.render_keys}/{trip.clips}), clip chroma correlation (median) "
               f"{trip.chroma_correlation:.2f}")  # fmt: skip
