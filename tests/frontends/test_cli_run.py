@@ -259,8 +259,11 @@ def test_demo_says_it_is_a_random_model(tmp_path: Path, capsys: pytest.CaptureFi
     assert (info.samplerate, info.channels, info.frames) == (48000, 2, 48000)
     meta = read_metadata(tmp_path / "encore-demo.flac")
     assert meta["params"]["model"]["note"].startswith("random tiny") and meta["request"]["text"]["bpm"] == 120
+    assert meta["request"]["text"]["keyscale"] == "A minor"
     code, _, err = _run(capsys, "demo", "--bpm", "400", "--cache-dir", tmp_path / "cache", "-q")
     assert code == cli.EXIT_USAGE and "bpm" in err and "Traceback" not in err
+    code, _, err = _run(capsys, "demo", "--keyscale", "H major", "--cache-dir", tmp_path / "cache", "-q")
+    assert code == cli.EXIT_USAGE and "keyscale" in err and "Traceback" not in err
 
 
 def test_console_script_runs(turbo: Path, tmp_path: Path) -> None:

@@ -275,19 +275,10 @@ def test_vae_calls_reuse_the_cpu_heap(turbo: Pipeline, monkeypatch: pytest.Monke
     assert entered == ["in", "in"]
 
 
-def test_a_model_trained_with_beat_hints_gets_them_for_text2music_with_a_bpm(
-    tmp_path: Path, turbo: Pipeline, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from helpers.tiny_pipeline import SILENCE_FRAMES, VAE_8K
-
-    from encore.models.config import AceStepConfig
-    from encore.pipeline.random_checkpoint import write_random_checkpoint
+def _record_hints(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor | None]:
+    """The `hint_latents` of every `build_conditioning` call, in order."""
     from encore.tasks import conditioning as tc
-    from encore.tasks.beat_hints import beat_hints
 
-    dit = write_random_checkpoint(tmp_path, config=AceStepConfig.tiny(beat_hints=True), vae_config=VAE_8K,
-                                  silence_frames=SILENCE_FRAMES, dit_dir="acestep-v15-turbo")  # fmt: skip
-    hinted = Pipeline.from_pretrained(dit, device="cpu")
     seen: list[torch.Tensor | None] = []
     real = tc.build_conditioning
 
@@ -296,6 +287,22 @@ def test_a_model_trained_with_beat_hints_gets_them_for_text2music_with_a_bpm(
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(tc, "build_conditioning", spy)
+    return seen
+
+
+def test_a_model_trained_with_beat_hints_gets_them_for_text2music_with_a_bpm(
+    tmp_path: Path, turbo: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers.tiny_pipeline import SILENCE_FRAMES, VAE_8K
+
+    from encore.models.config import AceStepConfig
+    from encore.pipeline.random_checkpoint import write_random_checkpoint
+    from encore.tasks.beat_hints import beat_hints
+
+    dit = write_random_checkpoint(tmp_path, config=AceStepConfig.tiny(beat_hints=True), vae_config=VAE_8K,
+                                  silence_frames=SILENCE_FRAMES, dit_dir="acestep-v15-turbo")  # fmt: skip
+    hinted = Pipeline.from_pretrained(dit, device="cpu")
+    seen = _record_hints(monkeypatch)
     with_bpm = _request(text=dataclasses.replace(TEXT, bpm=90))
     result = hinted.generate(with_bpm)
     assert result.params["beat_hints"] is True and result.params["instruction"].startswith("Generate audio semantic")
@@ -307,6 +314,34 @@ def test_a_model_trained_with_beat_hints_gets_them_for_text2music_with_a_bpm(
     assert seen[-1] is None
     plain = turbo.generate(with_bpm)  # a model not trained with them never gets them
     assert seen[-1] is None and "beat_hints" not in plain.params
+
+
+def test_a_model_trained_with_key_hints_gets_the_requested_key_in_its_hints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers.tiny_pipeline import SILENCE_FRAMES, VAE_8K
+
+    from encore.models.config import AceStepConfig
+    from encore.pipeline.random_checkpoint import write_random_checkpoint
+    from encore.tasks.beat_hints import beat_hints
+
+    seen = _record_hints(monkeypatch)
+    request = _request(text=dataclasses.replace(TEXT, bpm=90, keyscale="F# minor"))
+    for key_hints in (True, False):
+        config = AceStepConfig.tiny(beat_hints=True, key_hints=key_hints)
+        dit = write_random_checkpoint(tmp_path / str(key_hints), config=config, vae_config=VAE_8K,
+                                      silence_frames=SILENCE_FRAMES, dit_dir="acestep-v15-turbo")  # fmt: skip
+        pipe = Pipeline.from_pretrained(dit, device="cpu")
+        result = pipe.generate(request)
+        expected = beat_hints(pipe.silence, 90.0, num_frames=result.params["num_frames"],
+                              sample_rate=pipe.sample_rate, hop_samples=pipe.hop_samples,
+                              keyscale="F# minor" if key_hints else None)  # fmt: skip
+        assert seen[-1] is not None and torch.equal(seen[-1], expected)
+        assert result.params.get("key_hints", False) is key_hints
+        if key_hints:  # no key in the request: plain beat hints
+            pipe.generate(_request(text=dataclasses.replace(TEXT, bpm=90)))
+            assert torch.equal(seen[-1], beat_hints(pipe.silence, 90.0, num_frames=result.params["num_frames"],
+                                                    sample_rate=pipe.sample_rate, hop_samples=pipe.hop_samples))
 
 
 def test_silence_timbre_is_cached_per_weights_and_changes_nothing(turbo: Pipeline) -> None:

@@ -1,4 +1,5 @@
-"""Beat hints: the phase they write, crops that keep it, the errors, and the config flag that asks for them."""
+"""Beat hints: the phase they write, crops that keep it, the key they may carry, the errors, and the config flags
+that ask for them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 
 from encore.errors import InvalidRequest
 from encore.models.config import AceStepConfig
-from encore.tasks.beat_hints import beat_hints, beat_phase, phase_patterns
+from encore.tasks.beat_hints import beat_hints, beat_phase, key_offset, key_patterns, phase_patterns
 
 SILENCE = torch.linspace(-1, 1, 400 * 8).reshape(400, 8)
 
@@ -64,3 +65,44 @@ def test_config_flag_is_written_only_when_set() -> None:
     assert "beat_hints" not in plain.to_dict()  # official config.json files stay byte-compatible
     flagged = AceStepConfig.from_dict({**plain.to_dict(), "beat_hints": True})
     assert flagged.beat_hints and flagged.to_dict()["beat_hints"] is True
+
+
+def test_key_patterns_are_orthogonal_to_the_phase_and_to_each_other() -> None:
+    for channels in (8, 16, 64):
+        patterns = torch.stack([*phase_patterns(channels), *key_patterns(channels)])
+        assert torch.equal(patterns @ patterns.T, channels * torch.eye(5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        key_patterns(12)
+
+
+def test_key_offset_places_the_tonic_on_the_circle_of_fifths_and_the_mode_apart() -> None:
+    cos_p, sin_p, mode_p = key_patterns(16)
+
+    def read(key: str) -> tuple[float, float, float]:
+        offset = key_offset(key, 16)
+        return float(offset @ cos_p) / 16, float(offset @ sin_p) / 16, float(offset @ mode_p) / 16
+
+    assert read("C major") == pytest.approx((1.0, 0.0, 1.0))
+    assert read("A minor") == pytest.approx((math.cos(math.pi / 2), 1.0, -1.0))  # A is three fifths above C
+    assert read("G major")[:2] == pytest.approx((math.cos(math.pi / 6), math.sin(math.pi / 6)))  # one fifth
+    assert torch.equal(key_offset("F# minor", 16), key_offset("Gb minor", 16))  # enharmonic spellings agree
+    notes = ("C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B")
+    offsets = {tuple(key_offset(f"{n} {m}", 16).tolist()) for n in notes for m in ("major", "minor")}
+    assert len(offsets) == 24
+
+
+def test_key_hints_add_the_key_to_every_frame_and_leave_the_phase_alone() -> None:
+    plain = beat_hints(SILENCE, 120.0, num_frames=50, sample_rate=48000, hop_samples=1920)
+    keyed = beat_hints(SILENCE, 120.0, num_frames=50, sample_rate=48000, hop_samples=1920, keyscale="Eb minor")
+    assert torch.allclose(keyed - plain, key_offset("Eb minor", 8).float().expand(50, 8), atol=1e-6)
+    for pattern in phase_patterns(8):  # the beat phase reads the same with or without the key
+        assert torch.allclose((keyed - plain).double() @ pattern, torch.zeros(50, dtype=torch.float64), atol=1e-5)
+    with pytest.raises(InvalidRequest, match="text.keyscale"):
+        beat_hints(SILENCE, 120.0, num_frames=5, sample_rate=48000, hop_samples=1920, keyscale="H major")
+
+
+def test_key_hints_flag_is_written_only_when_set() -> None:
+    plain = AceStepConfig.tiny()
+    assert "key_hints" not in plain.to_dict()
+    flagged = AceStepConfig.from_dict({**plain.to_dict(), "beat_hints": True, "key_hints": True})
+    assert flagged.key_hints and flagged.to_dict()["key_hints"] is True

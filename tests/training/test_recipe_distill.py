@@ -218,3 +218,7 @@ def test_beat_hints_need_a_teacher_trained_with_them(tmp_path: Path, teacher: Pa
     student.setup()
     assert len(student.train()) == 2
     assert load_dit_checkpoint(max((tmp_path / "student" / "checkpoints").iterdir())).config.beat_hints
+    keyless = DistillRecipe(_config(tmp_path / "keyless", max((tmp_path / "hinted" / "checkpoints").iterdir()),
+                                    max_steps=1, beat_hint_prob=0.5, key_hint_prob=0.5), cache=_cache())  # fmt: skip
+    with pytest.raises(ValueError, match="key_hint_prob"):
+        keyless.setup()

@@ -357,3 +357,36 @@ def test_beat_hints_replace_the_silence_context_of_text2music_items(tmp_path: Pa
     assert load_dit_checkpoint(max((tmp_path / "checkpoints").iterdir())).config.beat_hints
     with pytest.raises(InvalidRequest, match="beat_hint_prob"):
         _config(tmp_path, beat_hint_prob=1.5)
+
+
+def test_key_hints_add_the_clip_key_to_its_beat_hints(tmp_path: Path) -> None:
+    from encore.tasks.beat_hints import beat_hints
+
+    cache = make_cache()
+    clip = cache.clips[2]
+    only_t2m = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    cfg = DiTTrainConfig(output_dir="unused", geometry="tiny", crop_frames=40, task_weights=only_t2m,
+                         beat_hint_prob=1.0, key_hint_prob=1.0)  # fmt: skip
+    for seed in range(4):
+        item = build_item(clip, cache, cfg, torch.Generator().manual_seed(seed))
+        start = next(s for s in range(21) if torch.equal(item.target, clip.mix[s : s + 40]))
+        expected = beat_hints(cache.silence, 102.0, num_frames=40, sample_rate=8000, hop_samples=320,
+                              offset_frames=start, keyscale=clip.labels["keyscale"])  # fmt: skip
+        assert torch.equal(item.cond.src_latents, expected)
+    # Half the hinted items carry the key, the rest plain beat hints; the draw never touches the beat itself.
+    half = dataclasses.replace(cfg, key_hint_prob=0.5)
+    keyed = 0
+    for seed in range(40):
+        item = build_item(clip, cache, half, torch.Generator().manual_seed(seed))
+        start = next(s for s in range(21) if torch.equal(item.target, clip.mix[s : s + 40]))
+        plain = beat_hints(cache.silence, 102.0, num_frames=40, sample_rate=8000, hop_samples=320,
+                           offset_frames=start)  # fmt: skip
+        keyed += not torch.equal(item.cond.src_latents, plain)
+    assert 8 <= keyed <= 32
+    recipe = DiTRecipe(_config(tmp_path, max_steps=1, beat_hint_prob=0.5, key_hint_prob=0.5), cache=cache)
+    recipe.setup()
+    recipe.train()
+    config = load_dit_checkpoint(max((tmp_path / "checkpoints").iterdir())).config
+    assert config.beat_hints and config.key_hints
+    with pytest.raises(InvalidRequest, match="key_hint_prob"):
+        _config(tmp_path, key_hint_prob=0.5)  # key hints ride on beat hints

@@ -23,6 +23,8 @@ DEMO_CAPTION = "upbeat synth-pop with punchy drums, bright arpeggios and a catch
 DEMO_DURATION_S = 10.0
 DEMO_BPM = 120
 """The demo's tempo: written into the metas, and into beat hints for a model trained with them."""
+DEMO_KEY = "A minor"
+"""The demo's key: written into the metas, and into the hints of a model trained with key hints."""
 DEMO_SEED = 42
 RANDOM_MODEL_NOTICE = (
     "NOTE: the built-in embedded model is not bundled with this installation, so `encore demo` runs a tiny model "
@@ -41,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"Length in seconds (default: {DEMO_DURATION_S:g}).")
     p.add_argument("--seed", type=int, default=DEMO_SEED, help=f"Seed (default: {DEMO_SEED}).")
     p.add_argument("--bpm", type=int, default=DEMO_BPM, help=f"Tempo, 30-300 (default: {DEMO_BPM}).")
+    p.add_argument("--keyscale", default=DEMO_KEY, help=f'Key, e.g. "F# minor" (default: {DEMO_KEY}).')
     p.add_argument("--variant", default=None, help=cli.VARIANT_HELP)
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="Where the random fallback checkpoint is kept when the embedded model is not bundled "
@@ -89,7 +92,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.output.suffix.lower() not in cli.FORMATS_BY_SUFFIX:
         raise InvalidRequest("--output", f"unknown audio suffix {args.output.suffix!r}")
     fmt = cli.FORMATS_BY_SUFFIX[args.output.suffix.lower()]
-    text = TextInputs(caption=args.caption, duration_s=args.duration, bpm=args.bpm)
+    text = TextInputs(caption=args.caption, duration_s=args.duration, bpm=args.bpm, keyscale=args.keyscale)
     request = GenerationRequest(text=text, seeds=(args.seed,), output=_output_options(fmt))
     model = demo_model(cache_dir(args.cache_dir))
     notice = RANDOM_MODEL_NOTICE.format(path=model.path) if model.random else None

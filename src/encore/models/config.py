@@ -89,6 +89,8 @@ class AceStepConfig:
     beat_hints: bool = False
     """Encore extension, not an official key (written only when set): the DiT was trained to read rule-written
     beat hints in its context (`encore.tasks.beat_hints`), and text2music with a bpm gives it them."""
+    key_hints: bool = False
+    """Encore extension, like `beat_hints`: its hints also carry the requested key (`key_offset`)."""
 
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Ignored keys read from config.json, kept so to_json round-trips them."""
@@ -222,7 +224,7 @@ class AceStepConfig:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if (f.name.startswith("encoder_") and value is None) or (f.name == "beat_hints" and not value):
+            if (f.name.startswith("encoder_") and value is None) or (f.name in ("beat_hints", "key_hints") and not value):
                 continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
         out.setdefault("model_type", "acestep")

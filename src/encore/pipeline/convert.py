@@ -383,7 +383,8 @@ def config_from_diffusers(
     is_turbo = bool(t.get("is_turbo", False)) or t.get("model_version") == "turbo"
     fields["is_turbo"] = is_turbo
     fields["model_version"] = t.get("model_version") or ("turbo" if is_turbo else None)
-    fields["beat_hints"] = bool(t.get("beat_hints", False))  # Encore's own key, like timbre_fix_frame
+    fields["beat_hints"] = bool(t.get("beat_hints", False))  # Encore's own keys, like timbre_fix_frame
+    fields["key_hints"] = bool(t.get("key_hints", False))
     return AceStepConfig(**fields)
 
 
@@ -420,6 +421,7 @@ def config_to_diffusers(config: AceStepConfig) -> dict[str, dict[str, Any]]:
         is_turbo=config.is_turbo,
         model_version=config.model_version,
         **({"beat_hints": True} if config.beat_hints else {}),
+        **({"key_hints": True} if config.key_hints else {}),
         **common,
     )
     condition_encoder = dict(

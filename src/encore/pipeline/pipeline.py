@@ -503,13 +503,17 @@ class Pipeline:
         return conds
 
     def _beat_hints(self, run: _Run, task: Any, num_frames: int) -> Tensor | None:
-        """Rule-written beat hints for text2music with a bpm, when the DiT was trained to read them."""
+        """Rule-written beat hints for text2music with a bpm, when the DiT was trained to read them (with the
+        request's key too, if it gave one and the DiT reads key hints)."""
         bpm = run.text.bpm
         if not self.config.beat_hints or not isinstance(task, Text2Music) or bpm is None:
             return None
         run.params["beat_hints"] = True
+        keyscale = run.text.keyscale if self.config.key_hints else None
+        if keyscale is not None:
+            run.params["key_hints"] = True
         return beat_hints(self.silence, float(bpm), num_frames=num_frames, sample_rate=self.sample_rate,
-                          hop_samples=self.hop_samples)
+                          hop_samples=self.hop_samples, keyscale=keyscale)
 
     def _build(self, run: _Run, task: Any, source_latents: Tensor | None, *, hints: Tensor | None,
                num_frames: int | None) -> tc.Conditioning:

@@ -7,6 +7,11 @@ caption was not learned (docs/model-card.md, fifth session). A beat hint fills t
 the silence latent plus the beat phase ``φ(t) = t·bpm/60`` as ``cos 2πφ`` and ``sin 2πφ`` along two fixed
 orthogonal channel patterns, so every frame carries its position inside the beat to sub-frame precision.
 
+Key hints ride on the same context: a model whose config also has ``key_hints`` gets the requested key as a
+constant offset along three further channel patterns (``key_offset``): the tonic's place on the circle of fifths
+as ``cos`` and ``sin``, and the mode as ±1. A key named only in the caption was not followed (exact key at the
+random floor after 1,000 steps on pitch-carrying latents, docs/model-card.md), as the bpm had not been.
+
 A model whose config has ``beat_hints`` set was trained with these hints (``beat_hint_prob`` in the DiT recipe)
 with beat 0 at the clip's first sample, the corpus's render convention; the pipeline adds them to text2music
 requests that give a bpm and no audio codes. Official checkpoints never see them.
@@ -19,10 +24,13 @@ import math
 import torch
 from torch import Tensor
 
+from encore.data.labels import parse_keyscale
 from encore.errors import InvalidRequest
 
 BEAT_HINT_AMPLITUDE = 1.0
 """Per-channel amplitude of the phase patterns (the embedded latents' per-channel std is about 0.7)."""
+KEY_HINT_AMPLITUDE = 1.0
+"""Per-channel amplitude of the key patterns."""
 
 
 def beat_phase(num_frames: int, bpm: float, *, frame_rate: float, offset_frames: int = 0) -> Tensor:
@@ -44,6 +52,36 @@ def phase_patterns(channels: int) -> tuple[Tensor, Tensor]:
     return ones, alternating
 
 
+def key_patterns(channels: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Three channel patterns `[C]`: the Walsh functions ±1 by the parity of bits {1}, {2} and {1, 2} of the
+    channel index, orthogonal to each other and to both `phase_patterns`, so a key never reads as a beat phase."""
+    if channels < 8 or channels % 8:
+        raise ValueError(f"key hints need a multiple of 8 latent channels, got {channels}")
+    index = torch.arange(channels)
+
+    def walsh(mask: int) -> Tensor:
+        parity = torch.zeros(channels, dtype=torch.long)
+        for bit in range(3):
+            if mask >> bit & 1:
+                parity ^= (index >> bit) & 1
+        return torch.where(parity == 0, 1.0, -1.0).to(torch.float64)
+
+    return walsh(0b010), walsh(0b100), walsh(0b110)
+
+
+def key_offset(keyscale: str, channels: int, *, amplitude: float = KEY_HINT_AMPLITUDE) -> Tensor:
+    """The constant float64 `[C]` offset for a key like ``"F# minor"``: the tonic on the circle of fifths (keys a
+    fifth apart, which share six of seven scale notes, are neighbours) and the mode."""
+    try:
+        pc, mode = parse_keyscale(keyscale)
+    except ValueError as exc:
+        raise InvalidRequest("text.keyscale", str(exc)) from None
+    angle = 2.0 * math.pi * ((7 * pc) % 12) / 12.0
+    cos_p, sin_p, mode_p = key_patterns(channels)
+    sign = 1.0 if mode == "major" else -1.0
+    return amplitude * (math.cos(angle) * cos_p + math.sin(angle) * sin_p + sign * mode_p)
+
+
 def beat_hints(
     silence: Tensor,
     bpm: float,
@@ -53,6 +91,7 @@ def beat_hints(
     hop_samples: int,
     offset_frames: int = 0,
     amplitude: float = BEAT_HINT_AMPLITUDE,
+    keyscale: str | None = None,
 ) -> Tensor:
     """Hint latents `[num_frames, C]` for a tempo: silence frames plus the beat phase (see module docstring).
 
@@ -65,6 +104,7 @@ def beat_hints(
         hop_samples: VAE hop in samples per latent frame.
         offset_frames: Frame of the clip the hints start at (training crops); 0 at inference.
         amplitude: Per-channel amplitude of the patterns.
+        keyscale: With a key, its `key_offset` is added to every frame (models with ``key_hints``).
 
     Returns:
         `[num_frames, C]` in `silence`'s dtype.
@@ -75,4 +115,6 @@ def beat_hints(
                                        offset_frames=offset_frames)  # fmt: skip
     ones, alternating = phase_patterns(int(silence.shape[1]))
     pattern = amplitude * (torch.cos(phase)[:, None] * ones + torch.sin(phase)[:, None] * alternating)
+    if keyscale is not None:
+        pattern = pattern + key_offset(keyscale, int(silence.shape[1]))
     return silence[:num_frames] + pattern.to(device=silence.device, dtype=silence.dtype)

@@ -102,6 +102,8 @@ class DistillConfig(RecipeConfig):
     beat_hint_prob: float = 0.0
     """As in the DiT recipe: probability of conditioning a text2music item on beat hints. Needs a teacher trained
     with them (config ``beat_hints``), whose flag the student inherits."""
+    key_hint_prob: float = 0.0
+    """As in the DiT recipe: probability that the hints also carry the item's key (teacher config ``key_hints``)."""
     max_latent_std: float | None = None
     """As in the DiT recipe: drop clips whose mix latents have a larger std."""
     ema_decay: float = 0.0
@@ -138,6 +140,7 @@ class DistillConfig(RecipeConfig):
             tempo_stretch=self.tempo_stretch,
             tempo_stretch_max=self.tempo_stretch_max,
             beat_hint_prob=self.beat_hint_prob,
+            key_hint_prob=self.key_hint_prob,
             max_latent_std=self.max_latent_std,
         )
 
@@ -170,6 +173,8 @@ class DistillRecipe(Recipe[DistillConfig]):
         self.teacher = load_dit_checkpoint(cfg.teacher).to(self.device).requires_grad_(False)
         if cfg.beat_hint_prob and not self.teacher.config.beat_hints:
             raise InvalidRequest("beat_hint_prob", f"the teacher {cfg.teacher} was not trained with beat hints")
+        if cfg.key_hint_prob and not self.teacher.config.key_hints:
+            raise InvalidRequest("key_hint_prob", f"the teacher {cfg.teacher} was not trained with key hints")
         turbo = dataclasses.replace(self.teacher.config, is_turbo=True, model_version="turbo")
         self.student = AceStepModel(turbo).to(self.device)
         self.student.load_state_dict(self.teacher.state_dict())

@@ -338,6 +338,9 @@ class DiTTrainConfig(RecipeConfig):
     the beat phase from its, possibly re-timed, bpm and crop offset) instead of the silence context. Above 0 the
     model's config gets ``beat_hints`` and the pipeline then gives it hints for every text2music request with a
     bpm."""
+    key_hint_prob: float = 0.0
+    """Probability that beat hints also carry the item's key label (`key_offset`). Above 0 the model's config
+    gets ``key_hints`` and the pipeline adds the requested key to the hints of every request that gives one."""
     max_latent_std: float | None = None
     """Drop clips whose mix latents have a larger std (the embedded encoder blows up on a few bright, sustained
     renders: std 15-21 where the corpus median is 0.8, and their loss spikes dominate whole steps)."""
@@ -353,9 +356,12 @@ class DiTTrainConfig(RecipeConfig):
             raise InvalidRequest("tempo_stretch_max", f"must be >= 1, got {self.tempo_stretch_max}")
         if self.max_latent_std is not None and not self.max_latent_std > 0:
             raise InvalidRequest("max_latent_std", f"must be > 0, got {self.max_latent_std}")
-        for name in ("cfg_dropout", "meta_dropout", "reference_prob", "tempo_stretch", "beat_hint_prob"):
+        for name in ("cfg_dropout", "meta_dropout", "reference_prob", "tempo_stretch", "beat_hint_prob",
+                     "key_hint_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidRequest(name, f"must be in [0, 1], got {getattr(self, name)}")
+        if self.key_hint_prob and not self.beat_hint_prob:
+            raise InvalidRequest("key_hint_prob", "key hints ride on beat hints; set beat_hint_prob too")
 
 
 # --------------------------------------------------------------------------- batch construction
@@ -528,8 +534,12 @@ def _maybe_beat_hints(
         return None
     if _uniform(gen) >= config.beat_hint_prob or not isinstance(bpm, (int, float)) or bpm <= 0:
         return None
+    keyscale = None
+    if config.key_hint_prob and _uniform(gen) < config.key_hint_prob:  # no draw at 0: old runs keep their streams
+        label = clip.labels.get("keyscale")
+        keyscale = label if isinstance(label, str) and label else None
     return beat_hints(cache.silence, float(bpm), num_frames=content, sample_rate=cache.sample_rate,
-                      hop_samples=cache.hop_samples, offset_frames=start)  # fmt: skip
+                      hop_samples=cache.hop_samples, offset_frames=start, keyscale=keyscale)  # fmt: skip
 
 
 def _spec_for(task: str, clip: CachedClip, duration: float, gen: torch.Generator) -> TaskSpec:
@@ -752,6 +762,8 @@ class DiTRecipe(Recipe[DiTTrainConfig]):
         self.model_config = embedded.dit_config(cfg.geometry, latent_channels=self.cache.latent_channels)
         if cfg.beat_hint_prob:
             self.model_config = dataclasses.replace(self.model_config, beat_hints=True)
+        if cfg.key_hint_prob:
+            self.model_config = dataclasses.replace(self.model_config, key_hints=True)
         # Initialisation draws from torch's global RNG; fork_rng restores the caller's state afterwards.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
