@@ -41,6 +41,7 @@ DISTILL_STEPS="${DISTILL_STEPS:-100}"
 PLANNER_STEPS="${PLANNER_STEPS:-3000}"
 STEM_FRACTION="${STEM_FRACTION:-0.3}"
 BEAT_HINT_PROB="${BEAT_HINT_PROB:-0.75}"  # share of text2music items conditioned on beat hints (0 = none)
+KEY_HINT_PROB="${KEY_HINT_PROB:-0.9}"     # share of those hints that also carry the key (0 = none; set 0 with no beat hints)
 MAX_CLIPS="${MAX_CLIPS:-}"
 # The shipped VAE keeps little pitch. A VAE whose latents carry it (model card, Limits; not yet trained to ship):
 #   VAE_ARGS="geometry=embedded-v2 latent_pitch_weight=1.0 chroma_weight=1.0 learning_rate=0.00025 adamw_learning_rate=0.0001"
@@ -91,14 +92,15 @@ encode_latents() {
 train_dit() {
   # shellcheck disable=SC2086
   "$PY" -m encore.training.recipes.dit cache_dir="$RUN/latents" output_dir="$RUN/dit" seed="$SEED" \
-    num_threads="$THREADS" max_steps="$DIT_STEPS" beat_hint_prob="$BEAT_HINT_PROB" $DIT_ARGS
+    num_threads="$THREADS" max_steps="$DIT_STEPS" beat_hint_prob="$BEAT_HINT_PROB" \
+    key_hint_prob="$KEY_HINT_PROB" $DIT_ARGS
 }
 
 distill() {
   # shellcheck disable=SC2086
   "$PY" -m encore.training.recipes.distill cache_dir="$RUN/latents" teacher="$(latest "$RUN/dit")" \
     output_dir="$RUN/distill" seed="$SEED" num_threads="$THREADS" max_steps="$DISTILL_STEPS" \
-    beat_hint_prob="$BEAT_HINT_PROB" $DISTILL_ARGS
+    beat_hint_prob="$BEAT_HINT_PROB" key_hint_prob="$KEY_HINT_PROB" $DISTILL_ARGS
 }
 
 train_planner() {

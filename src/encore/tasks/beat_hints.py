@@ -24,8 +24,8 @@ import math
 import torch
 from torch import Tensor
 
-from encore.data.labels import parse_keyscale
 from encore.errors import InvalidRequest
+from encore.utils.keys import parse_keyscale
 
 BEAT_HINT_AMPLITUDE = 1.0
 """Per-channel amplitude of the phase patterns (the embedded latents' per-channel std is about 0.7)."""
