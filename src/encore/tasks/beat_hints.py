@@ -42,31 +42,30 @@ def beat_phase(num_frames: int, bpm: float, *, frame_rate: float, offset_frames:
     return frames / frame_rate * (bpm / 60.0)
 
 
+def _walsh(channels: int, mask: int) -> Tensor:
+    """The float64 Walsh function `[C]`: ±1 by the parity of the bits `mask` selects in the channel index."""
+    index = torch.arange(channels)
+    parity = torch.zeros(channels, dtype=torch.long)
+    for bit in range(mask.bit_length()):
+        if mask >> bit & 1:
+            parity ^= (index >> bit) & 1
+    return torch.where(parity == 0, 1.0, -1.0).to(torch.float64)
+
+
 def phase_patterns(channels: int) -> tuple[Tensor, Tensor]:
     """The two channel patterns `[C]` the phase is written along: all ones, and alternating ±1 (orthogonal for
     an even channel count, which every ACE-Step VAE has)."""
     if channels < 2 or channels % 2:
         raise ValueError(f"beat hints need an even number of latent channels >= 2, got {channels}")
-    ones = torch.ones(channels, dtype=torch.float64)
-    alternating = torch.where(torch.arange(channels) % 2 == 0, 1.0, -1.0).to(torch.float64)
-    return ones, alternating
+    return _walsh(channels, 0b000), _walsh(channels, 0b001)
 
 
 def key_patterns(channels: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Three channel patterns `[C]`: the Walsh functions ±1 by the parity of bits {1}, {2} and {1, 2} of the
-    channel index, orthogonal to each other and to both `phase_patterns`, so a key never reads as a beat phase."""
+    """Three channel patterns `[C]`: the Walsh functions of bits {1}, {2} and {1, 2} of the channel index,
+    orthogonal to each other and to both `phase_patterns`, so a key never reads as a beat phase."""
     if channels < 8 or channels % 8:
         raise ValueError(f"key hints need a multiple of 8 latent channels, got {channels}")
-    index = torch.arange(channels)
-
-    def walsh(mask: int) -> Tensor:
-        parity = torch.zeros(channels, dtype=torch.long)
-        for bit in range(3):
-            if mask >> bit & 1:
-                parity ^= (index >> bit) & 1
-        return torch.where(parity == 0, 1.0, -1.0).to(torch.float64)
-
-    return walsh(0b010), walsh(0b100), walsh(0b110)
+    return _walsh(channels, 0b010), _walsh(channels, 0b100), _walsh(channels, 0b110)
 
 
 def key_offset(keyscale: str, channels: int, *, amplitude: float = KEY_HINT_AMPLITUDE) -> Tensor:
