@@ -43,8 +43,8 @@ STEM_FRACTION="${STEM_FRACTION:-0.3}"
 BEAT_HINT_PROB="${BEAT_HINT_PROB:-0.75}"  # share of text2music items conditioned on beat hints (0 = none)
 KEY_HINT_PROB="${KEY_HINT_PROB:-0.9}"     # share of those hints that also carry the key (0 = none; set 0 with no beat hints)
 MAX_CLIPS="${MAX_CLIPS:-}"
-# The defaults train the VAE of releases 1-5, which keeps little pitch. The sixth release's VAE (model card,
-# Recipe step 17, which also ran its last 500 steps with balanced_upsampling=true) was trained with:
+# The defaults train the VAE of releases 1-5, which keeps little pitch. The shipped VAE (model card, Recipe steps 17
+# and 22: its last 3,500 steps in the last phase with balanced_upsampling=true, encoder frozen) was trained with:
 #   VAE_ARGS="geometry=embedded-v2 latent_pitch_weight=1.0 chroma_weight=1.0 learning_rate=0.00025 adamw_learning_rate=0.0001"
 VAE_ARGS="${VAE_ARGS:-}"
 DIT_ARGS="${DIT_ARGS:-}"
