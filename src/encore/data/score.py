@@ -12,6 +12,7 @@ from pathlib import Path
 import mido
 
 from encore.data.instruments import drum_key_class, program_class
+from encore.utils.keys import MAJOR_NAMES, MINOR_NAMES
 
 DRUM_CHANNEL = 9
 """General MIDI percussion channel (0-based) used in written MIDI files."""
@@ -175,12 +176,9 @@ def write_midi(score: Score, bpm: float, path: str | Path, ticks_per_beat: int =
     mid.save(str(path))
 
 
-_MIDO_MAJOR = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
-_MIDO_MINOR = ("Cm", "C#m", "Dm", "Ebm", "Em", "Fm", "F#m", "Gm", "G#m", "Am", "Bbm", "Bm")
-
-
 def _mido_key(tonic: int, mode: str) -> str:
-    return (_MIDO_MINOR if mode == "minor" else _MIDO_MAJOR)[tonic % 12]
+    """mido's key-signature name: our key spelling, minor keys suffixed "m" (``"C#m"``)."""
+    return MINOR_NAMES[tonic % 12] + "m" if mode == "minor" else MAJOR_NAMES[tonic % 12]
 
 
 @dataclass

@@ -13,8 +13,8 @@ from typing import Literal
 import numpy as np
 
 from encore.data.analysis import ANALYSIS_RATE, estimate_key, estimate_tempo
-from encore.data.labels import parse_keyscale
 from encore.eval.features import to_mono
+from encore.utils.keys import parse_keyscale
 
 TempoMatch = Literal["exact", "double", "half", "triple", "third", "wrong", "none"]
 KeyMatch = Literal["exact", "fifth", "relative", "parallel", "wrong", "none"]
