@@ -1,11 +1,16 @@
-"""Chroma loss: the pitch-class term added to the VAE recipe."""
+"""Chroma, mel and roughness losses: the terms added to the VAE recipe."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from encore.training.losses import chroma_loss, pitch_class_matrix, temporal_roughness
+from encore.training.losses import (
+    chroma_loss,
+    multi_resolution_mel_loss,
+    pitch_class_matrix,
+    temporal_roughness,
+)
 
 RATE = 8000
 
@@ -68,3 +73,23 @@ def test_temporal_roughness_is_one_minus_lag1_autocorrelation_and_scale_free() -
     assert temporal_roughness(100 * white) == pytest.approx(temporal_roughness(white).item(), rel=1e-4)
     with pytest.raises(ValueError, match="2 frames"):
         temporal_roughness(torch.zeros(1, 2, 1))
+
+
+def test_mel_loss_is_a_log_ratio_sees_a_semitone_and_checks_shapes() -> None:
+    rate = 48_000
+    t = torch.arange(rate // 4) / rate
+    a3 = torch.stack([0.2 * torch.sin(2 * torch.pi * 220.0 * t)] * 2).unsqueeze(0)  # [1, 2, S]
+    bb3 = torch.stack([0.2 * torch.sin(2 * torch.pi * 233.1 * t)] * 2).unsqueeze(0)
+    assert multi_resolution_mel_loss(a3, a3, rate) == 0
+    # Linear in magnitude before the log: halving the level costs log 2 in every band above the 1e-5 floor.
+    noise = 0.2 * torch.randn(1, 2, rate // 4, generator=torch.Generator().manual_seed(0))
+    assert float(multi_resolution_mel_loss(0.5 * noise, noise, rate)) == pytest.approx(0.6931, rel=1e-3)
+    pred = bb3.clone().requires_grad_(True)
+    semitone = multi_resolution_mel_loss(pred, a3, rate)
+    assert semitone > 0.5  # the tone's band moves, at every resolution
+    semitone.backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="differ"):
+        multi_resolution_mel_loss(a3, a3[..., :-1], rate)
+    with pytest.raises(ValueError, match="shorter"):
+        multi_resolution_mel_loss(a3[..., :256], a3[..., :256], rate)

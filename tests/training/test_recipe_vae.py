@@ -245,6 +245,19 @@ def test_chroma_term_is_logged_trains_and_checks_its_window(tmp_path: Path) -> N
                   source=source).setup()  # fmt: skip
 
 
+def test_mel_term_is_logged_and_added_to_the_loss(tmp_path: Path) -> None:
+    source = TensorAudioSource([_tone(0.6, 220.0), _tone(0.5, 440.0, seed=2)])
+    kw = {"crop_seconds": 0.2, "fft_sizes": (128, 64, 32), "disc_fft_sizes": (64,)}
+    plain = VAERecipe(_config(tmp_path / "plain", max_steps=2, **kw), source=source)
+    plain.setup()
+    with_mel = VAERecipe(_config(tmp_path / "mel", max_steps=2, mel_weight=2.0, **kw), source=source)
+    with_mel.setup()
+    rows, plain_rows = with_mel.train(), plain.train()
+    assert all("mel" in r and r["mel"] > 0 for r in rows)
+    assert "mel" not in plain_rows[0]
+    assert rows[0]["loss"] == pytest.approx(plain_rows[0]["loss"] + 2.0 * rows[0]["mel"], rel=1e-5)
+
+
 def test_smoothness_term_is_logged_lowers_roughness_and_checks_the_crop(tmp_path: Path) -> None:
     source = TensorAudioSource([_tone(0.6, 220.0), _tone(0.5, 440.0, seed=2)])
     kw = {"crop_seconds": 0.2, "fft_sizes": (128, 64, 32), "disc_fft_sizes": (64,), "learning_rate": 3e-3}

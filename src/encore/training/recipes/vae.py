@@ -35,6 +35,7 @@ from encore.training.losses import (
     gaussian_kl,
     generator_hinge_loss,
     latent_pitch_loss,
+    multi_resolution_mel_loss,
     multi_resolution_stft_loss,
     si_sdr,
     temporal_roughness,
@@ -80,6 +81,11 @@ class VAETrainConfig(RecipeConfig):
     disc_fft_sizes: tuple[int, ...] = (2048, 512)
     disc_channels: int = 16
     stft_weight: float = 1.0
+    mel_weight: float = 0.0
+    """Weight of `multi_resolution_mel_loss` (log mel magnitudes, L1). The STFT loss's log term spends three
+    quarters of its weight above 6 kHz; the mel loss puts it where instruments differ. The seventh release's
+    decoder lost most guitar and brass timbre (eval instrument recall after the VAE round trip 8 % and 0 %
+    against 80 % and 44 % on the renders)."""
     kl_weight: float = 2e-3
     """On the per-element mean KL (16 channels): close to Stable Audio's 1e-4 on a KL summed over 64."""
     chroma_weight: float = 0.0
@@ -352,6 +358,10 @@ class VAERecipe(Recipe[VAETrainConfig]):
         stft = multi_resolution_stft_loss(recon, wav, cfg.fft_sizes)
         loss = cfg.stft_weight * stft
         logs = {"stft": stft.item()}
+        if cfg.mel_weight > 0:
+            mel = multi_resolution_mel_loss(recon, wav, self.vae_config.sampling_rate)
+            loss = loss + cfg.mel_weight * mel
+            logs["mel"] = mel.item()
         if cfg.chroma_weight > 0:
             pitch = chroma_loss(recon, wav, self.vae_config.sampling_rate, cfg.chroma_fft_size)
             loss = loss + cfg.chroma_weight * pitch
