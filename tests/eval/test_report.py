@@ -55,3 +55,17 @@ def test_turbo_verdict_and_markdown() -> None:
     data = json.loads(json.dumps(report.to_dict()))
     assert data["systems"][1]["items"][0]["tracks_predicted"] == ["bass"]
     assert data["systems"][1]["tempo"]["half"] == pytest.approx(0.1)
+
+
+def test_stage_seconds_are_medians_per_stage_and_printed() -> None:
+    items = [_item(["bass"], {"bass": 0.9}) for _ in range(3)]
+    for item, (sample, decode) in zip(items, [(1.0, 0.2), (3.0, 0.4), (2.0, 0.1)], strict=True):
+        item.stage_seconds = {"encode_text": 0.02, "sample": sample, "decode": decode, "load_audio": 1e-5}
+    items.append(_item(["bass"], {"bass": 0.9}))  # a row's untimed item does not count
+    row = summarise("turbo-8", "model", items, 1.0)
+    assert row.stage_seconds == {"encode_text": pytest.approx(0.02), "sample": 2.0, "decode": pytest.approx(0.2),
+                                 "load_audio": pytest.approx(1e-5)}  # fmt: skip
+    md = EvalReport(systems=[row], probe={}, prompts={}).to_markdown()
+    assert "- median s per stage of a generate call: turbo-8; encode_text 0.020; sample 2.000; decode 0.200." in md
+    assert "load_audio" not in md
+    assert summarise("renders", "ceiling", [_item(["bass"], {"bass": 0.9}, seconds=None)], 1.0).stage_seconds == {}

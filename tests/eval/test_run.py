@@ -199,6 +199,7 @@ def test_model_rows_are_timed_interleaved_and_give_the_same_items(
     report = run_eval(Logged, prompts=synth_prompt_set(), corpus_dir=synth_corpus, out_dir=tmp_path,
                       systems=systems, include_renders=False, seed=7, probe_path=out / "probe",
                       interleave=interleave)  # fmt: skip
+    assert report.row("turbo-2").stage_seconds == {"sample": 0.5, "decode": 0.25}  # the pipeline's split
     warmed: set[str] = set()
     seen: list[tuple[str, int]] = []
     for variant, seed in calls:  # each system's first call is its untimed warm-up

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,7 @@ def write_synth_corpus(root: Path, num_clips: int, *, seconds: float = 4.0, seed
 class FakeResult:
     audio: Any
     sample_rate: int
+    timings_s: dict[str, float] = field(default_factory=lambda: {"sample": 0.5, "decode": 0.25})
 
 
 class FakePipeline:

@@ -45,6 +45,8 @@ class ItemResult:
     """Renders only: the clip's labels no longer equal the committed prompt's (corpus code changed)."""
     bpm_confidence: float | None = None
     """The tempo estimator's confidence: how clear a steady pulse the clip has (0 = none), whatever its tempo."""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of each pipeline stage of the generate call (its `timings_s`: text, sampling, decode...)."""
 
     @property
     def tracks_predicted(self) -> list[str]:
@@ -69,6 +71,8 @@ class SystemMetrics:
     """Median wall-clock seconds of one generate call (robust to a busy machine)."""
     realtime_factor: float | None = None
     """Seconds of audio generated per wall-clock second."""
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Median seconds of each pipeline stage over the timed items: where a row's time goes."""
     stale: int = 0
     items: list[ItemResult] = field(default_factory=list)
 
@@ -107,6 +111,8 @@ def summarise(name: str, role: str, items: list[ItemResult], frechet: float | No
     timed = [i for i in items if i.seconds is not None]
     seconds = float(np.median([i.seconds for i in timed])) if timed else None
     rtf = sum(i.audio_seconds for i in timed) / sum(i.seconds for i in timed) if timed else None  # type: ignore[misc]
+    stages = {name: float(np.median([i.stage_seconds[name] for i in items if name in i.stage_seconds]))
+              for name in dict.fromkeys(n for i in items for n in i.stage_seconds)}  # fmt: skip
     tempo = tempo_summary([i.tempo for i in items])
     confidences = [i.bpm_confidence for i in items if i.bpm_confidence is not None]
     if confidences:  # pulse: a clip can miss the asked tempo with a clear beat, or have no beat at all
@@ -115,7 +121,7 @@ def summarise(name: str, role: str, items: list[ItemResult], frechet: float | No
         name=name, role=role, num_items=len(items), tempo=tempo,
         key=key_summary([i.key for i in items]), instrument=instrument, instrument_per_class=per_class,
         frechet=frechet, num_steps=num_steps, seconds_per_item=seconds, realtime_factor=rtf,
-        stale=sum(i.stale for i in items), items=items,
+        stale=sum(i.stale for i in items), stage_seconds=stages, items=items,
     )  # fmt: skip
 
 
@@ -201,6 +207,11 @@ class EvalReport:
             verdict = "within" if c["within_tolerance"] else "NOT within"
             notes.append(f"- {c['turbo']} vs {c['base']}: {speed}; {', '.join(parts)} ({verdict} "
                          f"{100 * c['tolerance']:.0f}% of base).")  # fmt: skip
+        staged = [r for r in self.systems if r.stage_seconds]
+        if staged:  # stages under a millisecond (reading no audio) are left out
+            rows = ["; ".join([f"{r.name}"] + [f"{k} {v:.3f}" for k, v in r.stage_seconds.items() if v >= 5e-4])
+                    for r in staged]  # fmt: skip
+            notes.append(f"- median s per stage of a generate call: {' | '.join(rows)}.")
         notes.append("- pulse: mean confidence of the tempo estimator (0 = no steady beat, whatever the tempo).")
         p = self.prompts
         notes.append(f"- Prompts: {p.get('count')} held-out prompts (corpus seed {p.get('seed')}; "

@@ -87,8 +87,10 @@ class _Scorer:
     probe_summary: dict[str, Any] = field(default_factory=dict)
 
     def score(self, prompt_id: str, audio: np.ndarray, sample_rate: int, target: EvalPrompt | Any,
-              seconds: float | None = None) -> tuple[ItemResult, np.ndarray]:  # fmt: skip
-        """Score one clip `[C, S]` against `target` (anything with bpm, keyscale and tracks)."""
+              seconds: float | None = None, stage_seconds: dict[str, float] | None = None,
+              ) -> tuple[ItemResult, np.ndarray]:  # fmt: skip
+        """Score one clip `[C, S]` against `target` (anything with bpm, keyscale and tracks); `seconds` and
+        `stage_seconds` are the generate call's wall time and its per-stage split."""
         est = analysis.analyze_clip(audio, sample_rate)
         probs, emb = self.probe.predict(clip_features(audio, sample_rate)[None])
         classes = self.probe.classes
@@ -100,6 +102,7 @@ class _Scorer:
             probabilities={c: round(float(p), 4) for c, p in zip(classes, probs[0])},
             seconds=seconds, audio_seconds=float(np.asarray(audio).shape[-1]) / sample_rate,
             bpm_confidence=round(est.bpm_confidence, 3),
+            stage_seconds={k: round(float(v), 4) for k, v in (stage_seconds or {}).items()},
         )  # fmt: skip
         return item, emb[0]
 
@@ -287,7 +290,7 @@ def _model_rows(
             audio = result.audio[0].float().numpy()
             if audio_dir is not None:
                 _save_audio(audio_dir / spec.name / f"{prompt.id}.flac", audio, result.sample_rate)
-            item, emb = scorer.score(prompt.id, audio, result.sample_rate, prompt, seconds)
+            item, emb = scorer.score(prompt.id, audio, result.sample_rate, prompt, seconds, result.timings_s)
             items[spec.name].append(item)
             embs[spec.name].append(emb)
             log.info("%s %s: %.2f s, tempo %s, key %s", spec.name, prompt.id, seconds, item.tempo, item.key)
