@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from encore.eval.report import EvalReport, ItemResult, compare_systems, instrument_scores, summarise
+from encore.eval.report import (
+    EvalReport,
+    ItemResult,
+    bootstrap_intervals,
+    compare_systems,
+    instrument_scores,
+    summarise,
+)
 from encore.eval.run import SystemSpec
 
 
@@ -69,3 +76,21 @@ def test_stage_seconds_are_medians_per_stage_and_printed() -> None:
     assert "- median s per stage of a generate call: turbo-8; encode_text 0.020; sample 2.000; decode 0.200." in md
     assert "load_audio" not in md
     assert summarise("renders", "ceiling", [_item(["bass"], {"bass": 0.9}, seconds=None)], 1.0).stage_seconds == {}
+
+
+def test_bootstrap_intervals_bracket_the_figure_and_are_reproducible() -> None:
+    items = [_item(["bass"], {"bass": 0.9 if i % 2 else 0.1}, tempo="exact" if i < 5 else "half",
+                   key="exact" if i < 2 else "fifth") for i in range(10)]  # fmt: skip
+    row = summarise("base-50", "model", items, 1.0)
+    lo, hi = row.intervals["tempo.acc1"]
+    assert lo < row.tempo["acc1"] == 0.5 < hi and 0.0 <= lo and hi <= 1.0
+    assert row.intervals["key.exact"][0] < 0.2 < row.intervals["key.exact"][1]
+    lo, hi = row.intervals["instrument.accuracy"]
+    assert lo < row.instrument["accuracy"] == 0.5 < hi
+    assert bootstrap_intervals(items) == row.intervals  # fixed seed
+    sure = [_item(["bass"], {"bass": 0.9}) for _ in range(5)]
+    assert bootstrap_intervals(sure) == {"tempo.acc1": [1.0, 1.0], "key.exact": [1.0, 1.0],
+                                         "instrument.accuracy": [1.0, 1.0]}  # fmt: skip
+    assert bootstrap_intervals([]) == {}
+    md = EvalReport(systems=[row], probe={}, prompts={}).to_markdown()
+    assert "- 95% bootstrap intervals over prompts (tempo / key exact / instr. acc., %): base-50 " in md

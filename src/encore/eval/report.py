@@ -73,8 +73,36 @@ class SystemMetrics:
     """Seconds of audio generated per wall-clock second."""
     stage_seconds: dict[str, float] = field(default_factory=dict)
     """Median seconds of each pipeline stage over the timed items: where a row's time goes."""
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+    """`bootstrap_intervals` of the row's tempo, exact-key and instrument figures."""
     stale: int = 0
     items: list[ItemResult] = field(default_factory=list)
+
+
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_LEVEL = 0.95
+
+
+def _jaccard(item: ItemResult) -> float:
+    pred, asked = set(item.tracks_predicted), set(item.tracks_target)
+    either = len(pred | asked)
+    return 1.0 if either == 0 else len(pred & asked) / either
+
+
+def bootstrap_intervals(items: Sequence[ItemResult], *, resamples: int = BOOTSTRAP_RESAMPLES,
+                        seed: int = 0) -> dict[str, list[float]]:  # fmt: skip
+    """Percentile bootstrap intervals (`BOOTSTRAP_LEVEL`, prompts resampled with replacement, fixed seed) of the
+    `COMPARED` metrics: how far a 64-prompt figure can move by the draw of prompts alone, so two releases or a
+    target are not compared on differences smaller than that."""
+    if not items:
+        return {}
+    values = {"tempo.acc1": [float(i.tempo == "exact") for i in items],
+              "key.exact": [float(i.key == "exact") for i in items],
+              "instrument.accuracy": [_jaccard(i) for i in items]}  # fmt: skip
+    draws = np.random.default_rng(seed).integers(0, len(items), size=(resamples, len(items)))
+    tail = (1.0 - BOOTSTRAP_LEVEL) / 2
+    return {name: [float(q) for q in np.quantile(np.asarray(v)[draws].mean(axis=1), [tail, 1.0 - tail])]
+            for name, v in values.items()}  # fmt: skip
 
 
 def instrument_scores(
@@ -86,7 +114,7 @@ def instrument_scores(
     for item in items:
         pred, asked = set(item.tracks_predicted), set(item.tracks_target)
         both, either = len(pred & asked), len(pred | asked)
-        jaccard.append(1.0 if either == 0 else both / either)
+        jaccard.append(_jaccard(item))
         f1.append(1.0 if either == 0 else 2 * both / (len(pred) + len(asked)))
         exact.append(float(pred == asked))
         best = max(item.probabilities, key=item.probabilities.__getitem__) if item.probabilities else None
@@ -121,7 +149,7 @@ def summarise(name: str, role: str, items: list[ItemResult], frechet: float | No
         name=name, role=role, num_items=len(items), tempo=tempo,
         key=key_summary([i.key for i in items]), instrument=instrument, instrument_per_class=per_class,
         frechet=frechet, num_steps=num_steps, seconds_per_item=seconds, realtime_factor=rtf,
-        stale=sum(i.stale for i in items), stage_seconds=stages, items=items,
+        stale=sum(i.stale for i in items), stage_seconds=stages, intervals=bootstrap_intervals(items), items=items,
     )  # fmt: skip
 
 
@@ -207,6 +235,12 @@ class EvalReport:
             verdict = "within" if c["within_tolerance"] else "NOT within"
             notes.append(f"- {c['turbo']} vs {c['base']}: {speed}; {', '.join(parts)} ({verdict} "
                          f"{100 * c['tolerance']:.0f}% of base).")  # fmt: skip
+        bounded = [r for r in self.systems if r.intervals]
+        if bounded:
+            spans = [f"{r.name} " + " / ".join(f"{100 * lo:.0f}–{100 * hi:.0f}" for lo, hi in r.intervals.values())
+                     for r in bounded]  # fmt: skip
+            notes.append(f"- {100 * BOOTSTRAP_LEVEL:.0f}% bootstrap intervals over prompts (tempo / key exact / "
+                         f"instr. acc., %): {'; '.join(spans)}.")  # fmt: skip
         staged = [r for r in self.systems if r.stage_seconds]
         if staged:  # stages under a millisecond (reading no audio) are left out
             rows = ["; ".join([f"{r.name}"] + [f"{k} {v:.3f}" for k, v in r.stage_seconds.items() if v >= 5e-4])
