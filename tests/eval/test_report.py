@@ -12,6 +12,7 @@ from encore.eval.report import (
     bootstrap_intervals,
     compare_systems,
     instrument_scores,
+    paired_relative_intervals,
     summarise,
 )
 from encore.eval.run import SystemSpec
@@ -94,3 +95,26 @@ def test_bootstrap_intervals_bracket_the_figure_and_are_reproducible() -> None:
     assert bootstrap_intervals([]) == {}
     md = EvalReport(systems=[row], probe={}, prompts={}).to_markdown()
     assert "- 95% bootstrap intervals over prompts (tempo / key exact / instr. acc., %): base-50 " in md
+
+
+def test_paired_relative_intervals_pair_prompts_and_reach_the_report() -> None:
+    def row(name: str, tempo_ok: int, key_ok: int) -> list[ItemResult]:
+        items = [_item(["bass"], {"bass": 0.9}, tempo="exact" if i < tempo_ok else "half",
+                       key="exact" if i < key_ok else "fifth") for i in range(10)]  # fmt: skip
+        for i, item in enumerate(items):
+            item.prompt_id = f"p{i}"
+        return items
+
+    base, turbo = row("b", 10, 0), row("t", 5, 0)
+    iv = paired_relative_intervals(base, turbo)
+    assert iv["tempo.acc1"][0] < -0.5 < iv["tempo.acc1"][1] < 0  # the turbo keeps half the base's tempo
+    assert iv["instrument.accuracy"] == [0.0, 0.0]  # identical per prompt: no spread at all
+    assert iv["key.exact"] is None  # base 0 %: no ratio
+    assert paired_relative_intervals(base, list(reversed(turbo))) == iv  # paired by prompt id, not order
+    specs = [SystemSpec("base-50", "base", 50), SystemSpec("turbo-8", "turbo", 8)]
+    rows = [summarise("base-50", "model", base, 1.0), summarise("turbo-8", "model", turbo, 1.0)]
+    comparison = compare_systems(rows, specs)
+    assert comparison["metrics"]["tempo.acc1"]["relative_interval"] == iv["tempo.acc1"]
+    md = EvalReport(systems=rows, probe={}, prompts={}, comparison=comparison).to_markdown()
+    assert "- turbo-8 / base-50 − 1, 95% paired bootstrap over prompts: tempo.acc1 " in md
+    assert "instrument.accuracy +0 to +0%" in md and "key.exact" not in md.split("paired bootstrap")[1]

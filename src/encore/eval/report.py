@@ -96,13 +96,38 @@ def bootstrap_intervals(items: Sequence[ItemResult], *, resamples: int = BOOTSTR
     target are not compared on differences smaller than that."""
     if not items:
         return {}
-    values = {"tempo.acc1": [float(i.tempo == "exact") for i in items],
-              "key.exact": [float(i.key == "exact") for i in items],
-              "instrument.accuracy": [_jaccard(i) for i in items]}  # fmt: skip
     draws = np.random.default_rng(seed).integers(0, len(items), size=(resamples, len(items)))
+    return {name: _quantiles(v[draws].mean(axis=1)) for name, v in _compared_values(items).items()}
+
+
+def paired_relative_intervals(base: Sequence[ItemResult], turbo: Sequence[ItemResult], *,
+                              resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, list[float] | None]:  # fmt: skip
+    """Paired bootstrap intervals of `turbo / base - 1` for the `COMPARED` metrics: the same resampled prompts
+    score both rows, which is what the turbo line ("within 10 % of base") asks. Items pair by prompt id; None
+    for a metric whose base mean is 0 in some resample."""
+    by_id = {i.prompt_id: i for i in turbo}
+    pairs = [(b, by_id[b.prompt_id]) for b in base if b.prompt_id in by_id]
+    if not pairs:
+        return {}
+    draws = np.random.default_rng(seed).integers(0, len(pairs), size=(resamples, len(pairs)))
+    b_vals, t_vals = _compared_values([b for b, _ in pairs]), _compared_values([t for _, t in pairs])
+    out: dict[str, list[float] | None] = {}
+    for name in b_vals:
+        b_mean, t_mean = b_vals[name][draws].mean(axis=1), t_vals[name][draws].mean(axis=1)
+        out[name] = None if (b_mean <= 0).any() else _quantiles(t_mean / b_mean - 1.0)
+    return out
+
+
+def _compared_values(items: Sequence[ItemResult]) -> dict[str, np.ndarray]:
+    """Per-clip values whose means are the `COMPARED` metrics."""
+    return {"tempo.acc1": np.array([float(i.tempo == "exact") for i in items]),
+            "key.exact": np.array([float(i.key == "exact") for i in items]),
+            "instrument.accuracy": np.array([_jaccard(i) for i in items])}  # fmt: skip
+
+
+def _quantiles(samples: np.ndarray) -> list[float]:
     tail = (1.0 - BOOTSTRAP_LEVEL) / 2
-    return {name: [float(q) for q in np.quantile(np.asarray(v)[draws].mean(axis=1), [tail, 1.0 - tail])]
-            for name, v in values.items()}  # fmt: skip
+    return [float(q) for q in np.quantile(samples, [tail, 1.0 - tail])]
 
 
 def instrument_scores(
@@ -167,6 +192,8 @@ def compare_systems(rows: Sequence[SystemMetrics], specs: Sequence[Any]) -> dict
         ok = t >= (1.0 - TURBO_TOLERANCE) * b
         within &= ok
         metrics[f"{group}.{key}"] = {"base": b, "turbo": t, "difference": t - b, "relative": rel, "ok": ok}
+    for name, interval in paired_relative_intervals(base.items, turbo.items).items():
+        metrics[name]["relative_interval"] = interval
     speedup = (base.seconds_per_item / turbo.seconds_per_item
                if base.seconds_per_item and turbo.seconds_per_item else None)  # fmt: skip
     return {"base": base.name, "turbo": turbo.name, "speedup": speedup, "metrics": metrics,
@@ -235,6 +262,11 @@ class EvalReport:
             verdict = "within" if c["within_tolerance"] else "NOT within"
             notes.append(f"- {c['turbo']} vs {c['base']}: {speed}; {', '.join(parts)} ({verdict} "
                          f"{100 * c['tolerance']:.0f}% of base).")  # fmt: skip
+            spans = [f"{k} {100 * m['relative_interval'][0]:+.0f} to {100 * m['relative_interval'][1]:+.0f}%"
+                     for k, m in c["metrics"].items() if m.get("relative_interval")]  # fmt: skip
+            if spans:
+                notes.append(f"- {c['turbo']} / {c['base']} − 1, {100 * BOOTSTRAP_LEVEL:.0f}% paired bootstrap over "
+                             f"prompts: {', '.join(spans)}.")  # fmt: skip
         bounded = [r for r in self.systems if r.intervals]
         if bounded:
             spans = [f"{r.name} " + " / ".join(f"{100 * lo:.0f}–{100 * hi:.0f}" for lo, hi in r.intervals.values())
