@@ -91,17 +91,19 @@ def _jaccard(item: ItemResult) -> float:
 
 def bootstrap_intervals(items: Sequence[ItemResult], *, resamples: int = BOOTSTRAP_RESAMPLES,
                         seed: int = 0) -> dict[str, list[float]]:  # fmt: skip
-    """Percentile bootstrap intervals (`BOOTSTRAP_LEVEL`, prompts resampled with replacement, fixed seed) of the
-    `COMPARED` metrics: how far a 64-prompt figure can move by the draw of prompts alone, so two releases or a
-    target are not compared on differences smaller than that."""
+    """Percentile bootstrap intervals (`BOOTSTRAP_LEVEL`, prompts resampled with replacement, fixed seed) of
+    the `COMPARED` metrics: how far a 64-prompt figure can move by the draw of prompts alone, so two releases
+    or a target are not compared on differences smaller than that."""
     if not items:
         return {}
     draws = np.random.default_rng(seed).integers(0, len(items), size=(resamples, len(items)))
     return {name: _quantiles(v[draws].mean(axis=1)) for name, v in _compared_values(items).items()}
 
 
-def paired_relative_intervals(base: Sequence[ItemResult], turbo: Sequence[ItemResult], *,
-                              resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict[str, list[float] | None]:  # fmt: skip
+def paired_relative_intervals(
+    base: Sequence[ItemResult], turbo: Sequence[ItemResult], *,
+    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+) -> dict[str, list[float] | None]:
     """Paired bootstrap intervals of `turbo / base - 1` for the `COMPARED` metrics: the same resampled prompts
     score both rows, which is what the turbo line ("within 10 % of base") asks. Items pair by prompt id; None
     for a metric whose base mean is 0 in some resample."""

@@ -245,9 +245,9 @@ def request_for(prompt: EvalPrompt, spec: SystemSpec, seed: int, duration_s: flo
     text = TextInputs(caption=prompt.caption, lyrics="[Instrumental]", language="unknown", bpm=prompt.bpm,
                       keyscale=prompt.keyscale, timesignature=prompt.timesignature,
                       duration_s=duration_s if duration_s is not None else prompt.duration_s)  # fmt: skip
-    return GenerationRequest(text=text, diffusion=DiffusionOptions(num_steps=spec.num_steps, shift=spec.shift),
-                             seeds=(seed,),
-                             output=OutputOptions(normalize="peak"))  # fmt: skip
+    diffusion = DiffusionOptions(num_steps=spec.num_steps, shift=spec.shift)
+    output = OutputOptions(normalize="peak")
+    return GenerationRequest(text=text, diffusion=diffusion, seeds=(seed,), output=output)
 
 
 def _save_audio(path: Path, audio: np.ndarray, sample_rate: int) -> None:

@@ -100,7 +100,9 @@ def multi_resolution_mel_loss(
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     used = [(n, m) for n, m in resolutions if n <= pred.shape[-1]]
     if not used:
-        raise ValueError(f"signal of {pred.shape[-1]} samples is shorter than every mel window {list(resolutions)}")
+        raise ValueError(
+            f"signal of {pred.shape[-1]} samples is shorter than every mel window {list(resolutions)}"
+        )
     p_flat = pred.reshape(-1, pred.shape[-1]).float()
     t_flat = target.reshape(-1, target.shape[-1]).float()
     losses = []
