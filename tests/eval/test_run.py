@@ -218,3 +218,27 @@ def test_model_rows_are_timed_interleaved_and_give_the_same_items(
         assert [(i.tempo, i.key) for i in report.row(name).items] == [
             (i.tempo, i.key) for i in reference.row(name).items
         ]
+
+
+def test_scoring_runs_numpy_blas_single_threaded(synth_corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    """Multi-threaded BLAS workers spin after scoring and slow the next timed generate call (`_Scorer.score`)."""
+    from helpers.eval_synth import RATE, synth_song
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from encore.eval import run
+
+    scorer = run.build_scorer(synth_corpus, tmp_path)
+    seen: list[int] = []
+    analyze = run.analysis.analyze_clip
+
+    def recording(audio, sample_rate):
+        seen.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+        return analyze(audio, sample_rate)
+
+    monkeypatch.setattr(run.analysis, "analyze_clip", recording)
+    prompt = synth_prompt_set().prompts[0]
+    with threadpool_limits(limits=2, user_api="blas"):
+        item, _ = scorer.score(prompt.id, synth_song(prompt.bpm, prompt.keyscale, prompt.tracks, 3.0), RATE, prompt)
+        after = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert seen and set(seen) == {1}
+    assert item.prompt_id == prompt.id and set(after) == {2}  # the caller's setting comes back
