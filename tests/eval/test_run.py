@@ -94,13 +94,17 @@ def test_parse_system_and_request() -> None:
     assert parse_system("random").is_floor
     assert parse_system("turbo-8@2") == SystemSpec("turbo-8@2", "turbo", 8, 2.0)
     assert request_for(synth_prompt_set().prompts[0], parse_system("base-20@1.5"), 0, None).diffusion.shift == 1.5
-    for bad in ("-3", "base-0", "base-x", "turbo-8@0.5", "turbo-8@x", "turbo@"):
+    assert parse_system("turbo-8@2:sde") == SystemSpec("turbo-8@2:sde", "turbo", 8, 2.0, "sde")
+    assert parse_system("turbo:ode").solver == "ode"
+    sde = request_for(synth_prompt_set().prompts[0], parse_system("turbo-8:sde"), 0, None).diffusion
+    assert sde.solver == "sde" and sde.num_steps == 8
+    for bad in ("-3", "base-0", "base-x", "turbo-8@0.5", "turbo-8@x", "turbo@", "turbo-8:euler", "turbo-8:"):
         with pytest.raises(InvalidRequest):
             parse_system(bad)
     req = request_for(synth_prompt_set().prompts[0], SystemSpec("b", "base", 50), 3, None)
     assert req.text.caption == SYNTH_CAPTIONS[("keyboard",)] and req.text.lyrics == "[Instrumental]"
     assert req.seeds == (3,) and req.diffusion.num_steps == 50 and req.text.duration_s == 5.0
-    assert req.diffusion.shift is None  # the variant's default
+    assert req.diffusion.shift is None and req.diffusion.solver == "ode"  # the variant's defaults
 
 
 def test_corpus_features_are_cached_per_manifest(synth_corpus: Path, tmp_path: Path, monkeypatch) -> None:

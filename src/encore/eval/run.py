@@ -46,13 +46,14 @@ MIN_REFERENCE = 8
 
 @dataclass(frozen=True)
 class SystemSpec:
-    """One evaluated row: a name, the variant the factory loads, the denoising steps and the timestep shift
-    (None: the variant's defaults)."""
+    """One evaluated row: a name, the variant the factory loads, the denoising steps, the timestep shift and
+    the solver (None: the variant's defaults)."""
 
     name: str
     variant: str
     num_steps: int | None = None
     shift: float | None = None
+    solver: str | None = None
 
     @property
     def is_floor(self) -> bool:
@@ -65,18 +66,20 @@ DEFAULT_SYSTEMS = (SystemSpec("base-50", "base", 50), SystemSpec("turbo-8", "tur
 
 def parse_system(text: str) -> SystemSpec:
     """``"base-50"`` → variant base, 50 steps; ``"turbo"`` → the variant's default steps; ``"turbo-8@2"`` →
-    8 steps at shift 2 (a sampler sweep); ``"random"`` → floor."""
-    m = re.fullmatch(r"([A-Za-z][\w.]*?)(?:-(\d+))?(?:@(\d+(?:\.\d+)?))?", text.strip())
+    8 steps at shift 2 and ``"turbo-8:sde"`` → 8 steps with the stochastic solver (sampler sweeps);
+    ``"random"`` → floor."""
+    m = re.fullmatch(r"([A-Za-z][\w.]*?)(?:-(\d+))?(?:@(\d+(?:\.\d+)?))?(?::(ode|sde))?", text.strip())
     if not m:
-        raise InvalidRequest("systems", f"expected VARIANT, VARIANT-STEPS or VARIANT-STEPS@SHIFT (e.g. base-50, "
-                                        f"turbo-8@2), got {text!r}")  # fmt: skip
+        raise InvalidRequest("systems", f"expected VARIANT, VARIANT-STEPS, VARIANT-STEPS@SHIFT, each optionally "
+                                        f"followed by :ode or :sde (e.g. base-50, turbo-8@2, turbo-8:sde), got "
+                                        f"{text!r}")  # fmt: skip
     steps = int(m.group(2)) if m.group(2) else None
     if steps is not None and not 1 <= steps <= 200:
         raise InvalidRequest("systems", f"steps must be 1-200, got {steps}")
     shift = float(m.group(3)) if m.group(3) else None
     if shift is not None and not 1.0 <= shift <= 5.0:
         raise InvalidRequest("systems", f"shift must be 1-5, got {shift:g}")
-    return SystemSpec(text.strip(), m.group(1), steps, shift)
+    return SystemSpec(text.strip(), m.group(1), steps, shift, m.group(4))
 
 
 @dataclass
@@ -254,7 +257,8 @@ def request_for(prompt: EvalPrompt, spec: SystemSpec, seed: int, duration_s: flo
     text = TextInputs(caption=prompt.caption, lyrics="[Instrumental]", language="unknown", bpm=prompt.bpm,
                       keyscale=prompt.keyscale, timesignature=prompt.timesignature,
                       duration_s=duration_s if duration_s is not None else prompt.duration_s)  # fmt: skip
-    diffusion = DiffusionOptions(num_steps=spec.num_steps, shift=spec.shift)
+    solver = {"solver": spec.solver} if spec.solver else {}
+    diffusion = DiffusionOptions(num_steps=spec.num_steps, shift=spec.shift, **solver)
     output = OutputOptions(normalize="peak")
     return GenerationRequest(text=text, diffusion=diffusion, seeds=(seed,), output=output)
 
