@@ -104,7 +104,7 @@ def test_parse_system_and_request() -> None:
     req = request_for(synth_prompt_set().prompts[0], SystemSpec("b", "base", 50), 3, None)
     assert req.text.caption == SYNTH_CAPTIONS[("keyboard",)] and req.text.lyrics == "[Instrumental]"
     assert req.seeds == (3,) and req.diffusion.num_steps == 50 and req.text.duration_s == 5.0
-    assert req.diffusion.shift is None and req.diffusion.solver == "ode"  # the variant's defaults
+    assert req.diffusion.shift is None and req.diffusion.solver is None  # the variant's defaults
 
 
 def test_corpus_features_are_cached_per_manifest(synth_corpus: Path, tmp_path: Path, monkeypatch) -> None:

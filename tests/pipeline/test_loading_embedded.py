@@ -182,7 +182,7 @@ def test_shared_weights_fill_in_what_the_turbo_file_leaves_out(export: Path, bro
 @pytest.mark.parametrize(
     ("version", "shared", "match", "named"),
     [
-        (3, None, "version 3 unsupported", "embedded.json"),
+        (4, None, "version 4 unsupported", "embedded.json"),
         (2, ["acestep-v15-base"], "shared_weights must map", "embedded.json"),
         (2, {"acestep-v15-turbo": "../base"}, "plain folder name", "embedded.json"),
         (2, {"acestep-v15-turbo": "acestep-v15-turbo"}, "stores all of its own weights", "embedded.json"),
@@ -241,3 +241,25 @@ def test_cache_identity_follows_every_folder_the_cache_comes_from(broken: Path) 
         after = checkpoint_identity(resolve_checkpoint(broken))
         assert after != before, changed
         before = after
+
+
+def test_turbo_solver_in_the_marker_is_the_turbos_default(broken: Path) -> None:
+    """`"turbo_solver": "sde"` (format version 3): requests that name no solver sample the turbo with SDE,
+    recorded in the params so a replay reproduces it; a request naming ODE still gets ODE."""
+    from encore.pipeline.request import DiffusionOptions
+
+    plain = load_pipeline(broken, device="cpu", dtype="float32")
+    assert plain.components.variant.defaults.solver == "ode"
+    ode = plain.generate(GenerationRequest(text=TEXT, seeds=(5,)))
+    meta = json.loads((broken / "embedded.json").read_text())
+    (broken / "embedded.json").write_text(json.dumps({**meta, "version": 3, "turbo_solver": "sde"}))
+    pipe = load_pipeline(broken, device="cpu", dtype="float32")
+    assert pipe.components.variant.defaults.solver == "sde"
+    sde = pipe.generate(GenerationRequest(text=TEXT, seeds=(5,)))
+    assert sde.params["request"]["diffusion"]["solver"] == "sde" and not torch.equal(sde.audio, ode.audio)
+    asked = pipe.generate(GenerationRequest(text=TEXT, seeds=(5,), diffusion=DiffusionOptions(solver="ode")))
+    assert torch.equal(asked.audio, ode.audio)
+    (broken / "embedded.json").write_text(json.dumps({**meta, "version": 3, "turbo_solver": "euler"}))
+    with pytest.raises(CheckpointError, match="turbo_solver 'euler'") as info:
+        load_components(broken, device="cpu", dtype="float32")
+    assert info.value.path == str(broken / "embedded.json")

@@ -47,6 +47,7 @@ def test_text2music_shape_rate_and_resolved_defaults(turbo: Pipeline) -> None:
     assert result.audio.abs().max() <= 1.0
     diffusion = result.params["request"]["diffusion"]
     assert (diffusion["num_steps"], diffusion["shift"], diffusion["guidance_scale"]) == (8, 3.0, 1.0)
+    assert diffusion["solver"] == "ode"  # the official turbo's default
     assert result.params["sampling"]["timesteps"] == pytest.approx(list(schedules.TURBO_TIMESTEPS[3.0]))
     assert result.params["task"] == "text2music" and result.params["model"]["variant"] == "turbo"
     assert set(result.timings_s) >= {"encode_text", "sample", "decode"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from helpers.tiny_training import finalized_tiny_vae
 
@@ -68,14 +69,18 @@ def test_export_writes_the_official_layout(tmp_path: Path) -> None:
     assert silence.shape == (50, 8)
     text_weights = (dest / embedded.TEXT_ENCODER_DIR / "model.safetensors").stat().st_size
     assert text_weights > 0 and (dest / embedded.TEXT_ENCODER_DIR / "tokenizer.json").is_file()
+    vae_checkpoint = tmp_path / "vae_final"
+    for solver, match in (("sde", "is a base model"), ("euler", "must be 'ode' or 'sde'")):
+        with pytest.raises(ValueError, match=match):  # refused before anything is written
+            embedded.export_embedded(tmp_path / "refused", vae_checkpoint=vae_checkpoint,
+                                     dit_checkpoint=dit_checkpoint, turbo_solver=solver)  # fmt: skip
+    assert not (tmp_path / "refused").exists()
 
 
 def test_recipes_start_from_a_released_model(tmp_path: Path) -> None:
     """`init_from`/`teacher` (`load_dit_checkpoint`) and the latent-cache encoder (`load_vae_checkpoint`)
     accept an exported model (official layout) as well as recipe folders, and name the folder otherwise."""
     import shutil
-
-    import pytest
 
     from encore.errors import CheckpointError
     from encore.pipeline.checkpoint import read_silence_file
@@ -172,23 +177,26 @@ def test_base_and_turbo_export_shares_what_distillation_left_unchanged(tmp_path:
     student = write_official_dit(tmp_path / "student" / embedded.TURBO_DIR, turbo_config,
                                  convert.encore_to_official(turbo.state_dict()), silence)  # fmt: skip
     both = embedded.export_embedded(tmp_path / "both", vae_checkpoint=vae_dir, dit_checkpoint=student,
-                                    base_checkpoint=dit_checkpoint, text_encoder=tmp_path / "bert")  # fmt: skip
+                                    base_checkpoint=dit_checkpoint, text_encoder=tmp_path / "bert",
+                                    turbo_solver="sde")  # fmt: skip
 
     meta = json.loads((both / "embedded.json").read_text())
-    assert meta["version"] == 2 and meta["shared_weights"] == {embedded.TURBO_DIR: embedded.BASE_DIR}
+    assert meta["version"] == 3 and meta["shared_weights"] == {embedded.TURBO_DIR: embedded.BASE_DIR}
+    assert meta["turbo_solver"] == "sde"
     own = read_safetensors(both / embedded.TURBO_DIR / "model.safetensors")
     full = read_safetensors(both / embedded.BASE_DIR / "model.safetensors")
     assert own and set(own) < set(full) and all(k.startswith("decoder.") for k in own)
     for variant, model in (("turbo", turbo), ("base", base)):
         loaded = load_components(both, variant=variant, device="cpu", dtype="float32")
         assert loaded.variant.is_turbo == (variant == "turbo")
+        assert loaded.variant.defaults.solver == ("sde" if variant == "turbo" else "ode")
         expected = model.state_dict()
         for key, value in loaded.model.state_dict().items():
             torch.testing.assert_close(value, expected[key].half().float(), atol=0, rtol=0)
 
     converted = convert_checkpoint(both, tmp_path / "converted", layout="official")
     meta = json.loads((tmp_path / "converted" / "embedded.json").read_text())
-    assert meta["version"] == 1 and "shared_weights" not in meta
+    assert meta["version"] == 3 and "shared_weights" not in meta and meta["turbo_solver"] == "sde"
     assert set(read_safetensors(converted / "model.safetensors")) == set(full)
     again = load_components(tmp_path / "converted", device="cpu", dtype="float32").model.state_dict()
     for key, value in turbo.state_dict().items():

@@ -8,6 +8,7 @@ export (`embedded.json`, MiniLM caption encoder) and the built-in name `embedded
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -253,8 +254,8 @@ def _pick_dit_dir(root: Path, variant: str | None) -> Path:
     raise CheckpointError(str(root), f"several DiT folders {sorted(candidates)}; pass variant=...")
 
 
-EMBEDDED_FORMAT_VERSION = 2
-"""Newest `embedded.json` version this Encore reads (2 added `shared_weights`)."""
+EMBEDDED_FORMAT_VERSION = 3
+"""Newest `embedded.json` version this Encore reads (2 added `shared_weights`, 3 `turbo_solver`)."""
 
 
 def read_embedded_meta(root: Path) -> dict[str, Any]:
@@ -280,6 +281,18 @@ def _embedded_text_dir(root: Path) -> Path:
     """The caption-encoder folder named by `root/embedded.json` (written by the embedded export)."""
     name = read_embedded_meta(root).get("text_encoder", EMBEDDED_TEXT_ENCODER_DIR)
     return root / _plain_folder(root / EMBEDDED_MARKER, "text_encoder", name)
+
+
+def embedded_defaults(paths: CheckpointPaths, is_turbo: bool) -> DiffusionDefaults:
+    """Sampling defaults of an embedded export's DiT: the generic ones, with the turbo's solver when
+    `embedded.json` names one (`"turbo_solver": "sde"`, format version 3)."""
+    defaults = defaults_for(is_turbo)
+    solver = read_embedded_meta(paths.root).get("turbo_solver")
+    if solver is None:
+        return defaults
+    if solver not in ("ode", "sde"):
+        raise CheckpointError(str(paths.root / EMBEDDED_MARKER), f"turbo_solver {solver!r} is not 'ode' or 'sde'")
+    return dataclasses.replace(defaults, solver=solver) if is_turbo else defaults
 
 
 def shared_weights_source(paths: CheckpointPaths) -> Path | None:
@@ -593,7 +606,7 @@ def _variant(paths: CheckpointPaths, config: AceStepConfig) -> VariantInfo:
         # Same DiT folder names as the official release but a different model: never report it as `turbo`.
         name = EMBEDDED_NAME if config.is_turbo else f"{EMBEDDED_NAME}-base"
         return VariantInfo(name=name, is_turbo=config.is_turbo, is_xl=is_xl, preset=None,
-                           defaults=defaults_for(config.is_turbo))
+                           defaults=embedded_defaults(paths, config.is_turbo))
     name = paths.dit.name if paths.layout == "official" else paths.root.name.removesuffix("-diffusers")
     preset = preset_for_dit_dir(name)
     if preset is not None and preset.is_turbo != config.is_turbo:

@@ -285,7 +285,7 @@ class Pipeline:
             request, seeds=seeds,
             diffusion=dataclasses.replace(
                 request.diffusion, num_steps=sampling.num_steps, shift=sampling.shift,
-                guidance_scale=sampling.guidance_scale, guidance=sampling.guidance,
+                guidance_scale=sampling.guidance_scale, guidance=sampling.guidance, solver=sampling.solver,
                 timesteps=None if request.diffusion.timesteps is None
                 else tuple(float(t) for t in sampling.timesteps.float().tolist())))
         run.params = {

@@ -50,6 +50,8 @@ class DiffusionDefaults:
     """1.0 disables guidance (turbo models are guidance-distilled)."""
     guidance: Literal["apg", "cfg", "adg"] | None
     """Guidance rule for `guidance_scale > 1`; `None` for turbo."""
+    solver: Literal["ode", "sde"] = "ode"
+    """Euler ODE (the official default for every variant) or SDE; the embedded turbo names SDE."""
 
 
 _TURBO = DiffusionDefaults(num_steps=8, shift=3.0, guidance_scale=1.0, guidance=None)

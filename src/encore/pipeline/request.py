@@ -106,8 +106,8 @@ class DiffusionOptions:
     """Timestep interval [start, end] in which guidance applies."""
     timesteps: tuple[float, ...] | None = None
     """Custom timestep list (turbo snaps each value to its valid set)."""
-    solver: Literal["ode", "sde"] = "ode"
-    """Euler ODE or stochastic (SDE) sampling."""
+    solver: Literal["ode", "sde"] | None = None
+    """Euler ODE or stochastic (SDE) sampling; None takes the model's default (ODE, except the embedded turbo)."""
 
     def __post_init__(self) -> None:
         if self.num_steps is not None and not (1 <= self.num_steps <= MAX_STEPS):

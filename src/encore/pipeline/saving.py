@@ -205,9 +205,10 @@ def _embedded_marker(components: Components, text_dir: str) -> dict[str, Any]:
     """The source's `embedded.json` with the text-encoder folder this export writes."""
     source = components.paths.root / EMBEDDED_MARKER
     meta = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
-    # The export writes its one DiT in full, so nothing is shared any more (format version 1).
+    # The export writes its one DiT in full, so nothing is shared any more; the turbo keeps its solver
+    # (format version 3 when it names one, else 1).
     meta.pop("shared_weights", None)
-    meta.update(format="encore-embedded", version=1, text_encoder=text_dir)
+    meta.update(format="encore-embedded", version=3 if "turbo_solver" in meta else 1, text_encoder=text_dir)
     return meta
 
 

@@ -243,6 +243,7 @@ def export_embedded(
     text_encoder: str | Path | None = None,
     dtype: torch.dtype = torch.float16,
     max_bytes: int | None = MAX_EXPORT_BYTES,
+    turbo_solver: str | None = None,
 ) -> Path:
     """Writes the trained embedded model in the official checkpoint layout (SPEC §1).
 
@@ -262,6 +263,8 @@ def export_embedded(
         text_encoder: MiniLM folder; None uses the installed package.
         dtype: Weight dtype (fp16 or bf16).
         max_bytes: Refuse (after writing the weights, before the `embedded.json` marker) above this size.
+        turbo_solver: `"sde"` or `"ode"`: the solver the turbo samples with when a request names none
+            (`turbo_solver` in `embedded.json`, format version 3); None leaves the generic default (ODE).
 
     Returns:
         `dest`.
@@ -271,12 +274,16 @@ def export_embedded(
     from encore.training.recipes.dit import load_dit_checkpoint
     from encore.training.recipes.vae import load_vae_checkpoint
 
+    if turbo_solver not in (None, "ode", "sde"):
+        raise ValueError(f"turbo_solver must be 'ode' or 'sde', got {turbo_solver!r}")
     default = load_dit_checkpoint(dit_checkpoint)
     # The default DiT's folder says what it is: a DiT recipe checkpoint (not distilled) is a base model.
     default_dir = TURBO_DIR if default.config.is_turbo else BASE_DIR
     if base_checkpoint is not None and default_dir == BASE_DIR:
         raise ValueError(f"{dit_checkpoint} is a base model, so it takes the {BASE_DIR} folder that "
                          f"base={base_checkpoint} asks for; export a turbo (distilled) DiT as dit= alongside it")
+    if turbo_solver is not None and default_dir != TURBO_DIR:
+        raise ValueError(f"turbo_solver={turbo_solver} names the turbo's solver, but {dit_checkpoint} is a base model")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     vae, vcfg, silence = load_vae_checkpoint(vae_checkpoint)
@@ -313,12 +320,14 @@ def export_embedded(
         dest / "embedded.json",
         {
             "format": "encore-embedded",
-            # Version 2 only when a DiT folder needs its sibling: an Encore that reads 1 refuses it by name.
-            "version": 2 if shared else 1,
+            # The lowest version that holds what is written: an Encore too old for a field refuses it by name
+            # rather than loading a turbo without its sibling's weights or sampling it with another solver.
+            "version": 3 if turbo_solver else 2 if shared else 1,
             "dtype": str(dtype),
             "text_encoder": TEXT_ENCODER_DIR,
             "text_encoder_type": "bert",
             **({"shared_weights": shared} if shared else {}),
+            **({"turbo_solver": turbo_solver} if turbo_solver else {}),
         },
     )
     return dest
@@ -359,14 +368,14 @@ def _max_bytes(max_mb: str | None) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     """`python -m encore.training.embedded export <dest> vae=<folder> dit=<ckpt> [planner=<ckpt>]
     [base=<ckpt>]
-    [dtype=float16|bfloat16] [text_encoder=<folder>] [max_mb=<MB>|max_mb=none]`."""
+    [dtype=float16|bfloat16] [text_encoder=<folder>] [max_mb=<MB>|max_mb=none] [turbo_solver=ode|sde]`."""
     import sys
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2 or args[0] != "export":
         raise SystemExit(main.__doc__)
     opts = dict(a.split("=", 1) for a in args[2:])
-    unknown = set(opts) - {"vae", "dit", "planner", "base", "dtype", "text_encoder", "max_mb"}
+    unknown = set(opts) - {"vae", "dit", "planner", "base", "dtype", "text_encoder", "max_mb", "turbo_solver"}
     if unknown or "vae" not in opts or "dit" not in opts:
         raise SystemExit(f"unknown or missing options {sorted(unknown)}; {main.__doc__}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -381,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype=dtype,
         # The shipped model keeps the budget; an evaluation export that adds the base DiT may exceed it.
         max_bytes=_max_bytes(opts.get("max_mb")),
+        turbo_solver=opts.get("turbo_solver"),
     )
     return 0
 

@@ -269,7 +269,8 @@ def _components(gr: Any) -> dict[str, Any]:
                                                  precision=0)
             c["diffusion.shift"] = gr.Number(value=d("diffusion.shift"), label="Shift (empty = model)")
             c["diffusion.guidance_scale"] = gr.Number(value=d("diffusion.guidance_scale"), label="Guidance")
-            c["diffusion.solver"] = gr.Radio(["ode", "sde"], value=d("diffusion.solver"), label="Solver")
+            c["diffusion.solver"] = gr.Radio([("model", ""), ("ode", "ode"), ("sde", "sde")], value="",
+                                             label="Solver (model = the model's default)")
         with gr.Row():
             c["seeds"] = gr.Textbox(value="", label="Seeds (comma-separated, empty = random)")
             c["output.format"] = gr.Dropdown(list(FORMATS), value=d("output.format"), label="Format")
