@@ -118,3 +118,12 @@ def test_paired_relative_intervals_pair_prompts_and_reach_the_report() -> None:
     md = EvalReport(systems=rows, probe={}, prompts={}, comparison=comparison).to_markdown()
     assert "- turbo-8 / base-50 − 1, 95% paired bootstrap over prompts: tempo.acc1 " in md
     assert "instrument.accuracy +0 to +0%" in md and "key.exact" not in md.split("paired bootstrap")[1]
+
+
+def test_sampling_text_names_guidance_only_when_on() -> None:
+    from encore.eval.report import _sampling_text
+
+    base = {"num_steps": 50, "shift": 3.0, "solver": "ode", "guidance": "apg", "guidance_scale": 7.0}
+    assert _sampling_text(base) == "50 steps, shift 3, ode, apg 7"
+    assert _sampling_text({**base, "guidance_scale": 1.0}) == "50 steps, shift 3, ode"
+    assert _sampling_text({"num_steps": 8, "shift": 2.0, "solver": "sde"}) == "8 steps, shift 2, sde"

@@ -69,6 +69,10 @@ def test_report_files_comparison_and_probe(report_and_fakes) -> None:
     assert min(report.probe["validation_accuracy"].values()) >= 0.8
     assert (out / "probe.safetensors").is_file() and (out / "probe.json").is_file()
     assert report.probe["reference_clips"] >= 2
+    # Each model row says how its pipeline sampled (the fakes resolve like a turbo: shift 3, SDE).
+    assert report.row("turbo-2").sampling == {"num_steps": 2, "shift": 3.0, "solver": "sde", "guidance_scale": 1.0}
+    assert data["systems"][0]["sampling"]["num_steps"] == 4
+    assert "- sampling as run: base-4 4 steps, shift 3, sde; turbo-2 2 steps, shift 3, sde; random 2 steps" in md
 
 
 def test_saved_probe_is_reused_and_limit_applies(

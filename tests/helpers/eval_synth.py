@@ -107,6 +107,7 @@ class FakeResult:
     audio: Any
     sample_rate: int
     timings_s: dict[str, float] = field(default_factory=lambda: {"sample": 0.5, "decode": 0.25})
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 class FakePipeline:
@@ -128,7 +129,11 @@ class FakePipeline:
             wav = synth_song(text.bpm, text.keyscale, tracks, text.duration_s, self.rate, seed=seed)
         else:
             wav = 0.1 * np.random.default_rng(seed).standard_normal((2, n)).astype(np.float32)
-        return FakeResult(torch.from_numpy(wav)[None], self.rate)
+        # What the real pipeline records: the request with its sampler defaults resolved (turbo: shift 3, SDE).
+        d = request.diffusion
+        diffusion = {"num_steps": d.num_steps or 8, "shift": d.shift or 3.0, "solver": d.solver or "sde",
+                     "guidance": None, "guidance_scale": 1.0}  # fmt: skip
+        return FakeResult(torch.from_numpy(wav)[None], self.rate, params={"request": {"diffusion": diffusion}})
 
 
 SYNTH_CAPTIONS = {

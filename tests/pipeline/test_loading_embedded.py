@@ -259,6 +259,11 @@ def test_turbo_solver_in_the_marker_is_the_turbos_default(broken: Path) -> None:
     assert sde.params["request"]["diffusion"]["solver"] == "sde" and not torch.equal(sde.audio, ode.audio)
     asked = pipe.generate(GenerationRequest(text=TEXT, seeds=(5,), diffusion=DiffusionOptions(solver="ode")))
     assert torch.equal(asked.audio, ode.audio)
+    # What `encore eval` reports per row: the settings that ran (a turbo shift of 2.5 snaps to 2).
+    from encore.eval.run import sampling_of
+
+    snapped = pipe.generate(GenerationRequest(text=TEXT, seeds=(5,), diffusion=DiffusionOptions(shift=2.5)))
+    assert sampling_of(snapped) == {"num_steps": 8, "shift": 2.0, "solver": "sde", "guidance_scale": 1.0}
     (broken / "embedded.json").write_text(json.dumps({**meta, "version": 3, "turbo_solver": "euler"}))
     with pytest.raises(CheckpointError, match="turbo_solver 'euler'") as info:
         load_components(broken, device="cpu", dtype="float32")

@@ -75,6 +75,8 @@ class SystemMetrics:
     """Median seconds of each pipeline stage over the timed items: where a row's time goes."""
     intervals: dict[str, list[float]] = field(default_factory=dict)
     """`bootstrap_intervals` of the row's tempo, exact-key and instrument figures."""
+    sampling: dict[str, Any] = field(default_factory=dict)
+    """How a model row's generate calls sampled, as the pipeline resolved it (steps, shift, solver, guidance)."""
     stale: int = 0
     items: list[ItemResult] = field(default_factory=list)
 
@@ -160,7 +162,7 @@ def instrument_scores(
 
 
 def summarise(name: str, role: str, items: list[ItemResult], frechet: float | None,
-              num_steps: int | None = None) -> SystemMetrics:  # fmt: skip
+              num_steps: int | None = None, sampling: dict[str, Any] | None = None) -> SystemMetrics:  # fmt: skip
     """Aggregate a row's items (tempo, key, instrument metrics, timing)."""
     instrument, per_class = instrument_scores(items)
     timed = [i for i in items if i.seconds is not None]
@@ -176,7 +178,8 @@ def summarise(name: str, role: str, items: list[ItemResult], frechet: float | No
         name=name, role=role, num_items=len(items), tempo=tempo,
         key=key_summary([i.key for i in items]), instrument=instrument, instrument_per_class=per_class,
         frechet=frechet, num_steps=num_steps, seconds_per_item=seconds, realtime_factor=rtf,
-        stale=sum(i.stale for i in items), stage_seconds=stages, intervals=bootstrap_intervals(items), items=items,
+        stale=sum(i.stale for i in items), stage_seconds=stages, intervals=bootstrap_intervals(items),
+        sampling=dict(sampling or {}), items=items,
     )  # fmt: skip
 
 
@@ -208,6 +211,16 @@ def _pct(x: float | None) -> str:
 
 def _num(x: float | None, fmt: str) -> str:
     return "–" if x is None else format(x, fmt)
+
+
+def _sampling_text(sampling: dict[str, Any]) -> str:
+    """``{"num_steps": 50, "shift": 3.0, "solver": "ode", "guidance": "apg", "guidance_scale": 7.0}`` ->
+    ``50 steps, shift 3, ode, apg 7`` (guidance only when it is on)."""
+    parts = [f"{sampling['num_steps']} steps" if "num_steps" in sampling else "",
+             f"shift {sampling['shift']:g}" if "shift" in sampling else "", sampling.get("solver", "")]
+    if sampling.get("guidance") and sampling.get("guidance_scale", 1.0) > 1.0:
+        parts.append(f"{sampling['guidance']} {sampling['guidance_scale']:g}")
+    return ", ".join(p for p in parts if p)
 
 
 _ROLE_LABEL = {"ceiling": " (ceiling)", "autoencoder": " (VAE ceiling)", "floor": " (floor)", "model": ""}
@@ -275,6 +288,9 @@ class EvalReport:
                      for r in bounded]  # fmt: skip
             notes.append(f"- {100 * BOOTSTRAP_LEVEL:.0f}% bootstrap intervals over prompts (tempo / key exact / "
                          f"instr. acc., %): {'; '.join(spans)}.")  # fmt: skip
+        sampled = [f"{r.name} {_sampling_text(r.sampling)}" for r in self.systems if r.sampling]
+        if sampled:
+            notes.append(f"- sampling as run: {'; '.join(sampled)}.")
         staged = [r for r in self.systems if r.stage_seconds]
         if staged:  # stages under a millisecond (reading no audio) are left out
             rows = ["; ".join([f"{r.name}"] + [f"{k} {v:.3f}" for k, v in r.stage_seconds.items() if v >= 5e-4])

@@ -279,8 +279,9 @@ def _model_rows(
     seed: int,
     duration_s: float | None,
     audio_dir: Path | None,
-) -> dict[str, tuple[list[ItemResult], np.ndarray]]:
-    """Generate and score every prompt with each of `specs`, timing each generate call.
+) -> dict[str, tuple[list[ItemResult], np.ndarray, dict[str, Any]]]:
+    """Generate and score every prompt with each of `specs`, timing each generate call; per system its items,
+    their probe embeddings and how the pipeline sampled them (`sampling_of`).
 
     The systems are loaded together, warmed up once each (untimed), then called prompt by prompt, the order
     rotating every prompt: on a machine whose speed drifts over minutes, base and turbo are then timed under
@@ -292,6 +293,7 @@ def _model_rows(
         pipeline.generate(request_for(prompts[0], spec, seed, 2.0))  # first-call costs stay out of the timings
     items: dict[str, list[ItemResult]] = {spec.name: [] for spec in specs}
     embs: dict[str, list[np.ndarray]] = {spec.name: [] for spec in specs}
+    sampling: dict[str, dict[str, Any]] = {}
     order = list(range(len(specs)))
     for k, prompt in enumerate(prompts):
         for j in order[k % len(order) :] + order[: k % len(order)]:
@@ -306,8 +308,17 @@ def _model_rows(
             item, emb = scorer.score(prompt.id, audio, result.sample_rate, prompt, seconds, result.timings_s)
             items[spec.name].append(item)
             embs[spec.name].append(emb)
+            sampling.setdefault(spec.name, sampling_of(result))
             log.info("%s %s: %.2f s, tempo %s, key %s", spec.name, prompt.id, seconds, item.tempo, item.key)
-    return {name: (items[name], np.stack(embs[name])) for name in items}
+    return {name: (items[name], np.stack(embs[name]), sampling[name]) for name in items}
+
+
+def sampling_of(result: Any) -> dict[str, Any]:
+    """The sampler settings a generate call ran with, as the pipeline resolved them from the request and the
+    model's defaults (a row named ``turbo-8@2.5`` runs at shift 2: turbo shifts snap to 1, 2 or 3)."""
+    diffusion = result.params["request"]["diffusion"]
+    keys = ("num_steps", "shift", "solver", "guidance", "guidance_scale")
+    return {k: diffusion[k] for k in keys if diffusion.get(k) is not None}
 
 
 def timing_groups(systems: Sequence[SystemSpec], interleave: bool) -> list[list[SystemSpec]]:
@@ -379,14 +390,14 @@ def run_eval(pipeline_factory: PipelineFactory, *, prompts: PromptSet, corpus_di
             rows.append(summarise(RECONSTRUCTION, "autoencoder", items, _frechet(embs, scorer.reference)))
             pipeline_factory = handing_out_once(pipeline_factory, models[0].variant, pipeline)
             del pipeline, clips
-    generated: dict[str, tuple[list[ItemResult], np.ndarray]] = {}
+    generated: dict[str, tuple[list[ItemResult], np.ndarray, dict[str, Any]]] = {}
     for group in timing_groups(systems, interleave):
         generated.update(_model_rows(pipeline_factory, group, chosen, scorer, seed=seed, duration_s=duration_s,
                                      audio_dir=out / "audio" if save_audio else None))  # fmt: skip
     for spec in systems:
-        items, embs = generated[spec.name]
+        items, embs, sampled = generated[spec.name]
         rows.append(summarise(spec.name, "floor" if spec.is_floor else "model", items,
-                              _frechet(embs, scorer.reference), num_steps=spec.num_steps))  # fmt: skip
+                              _frechet(embs, scorer.reference), num_steps=spec.num_steps, sampling=sampled))  # fmt: skip
     comparison = compare_systems(rows, systems)
     if comparison is not None:
         comparison["timing"] = "interleaved" if interleave else "sequential"
