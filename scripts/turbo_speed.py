@@ -6,7 +6,8 @@ Up to `5102279` `encore eval` timed the base row for minutes and then the turbo 
 whose speed drifts its speed-up moved by ±0.4x between runs; it now calls the two in turn as well. This script
 is the quick check: no scoring, no other rows. Both pipelines are loaded in one process and called alternately
 on the same request (the eval's prompts and length; the order flips every prompt), so drift hits both
-alike. Prints the median seconds per clip and the median of the per-prompt ratios.
+alike. Prints the median seconds per clip, the median of the per-prompt ratios and each system's median seconds
+per pipeline stage (`GenerationResult.timings_s`).
 """
 
 from __future__ import annotations
@@ -32,16 +33,22 @@ def main() -> None:
     for spec in (base, turbo):  # first-call costs stay out, as in the eval
         pipes[spec.name].generate(request_for(prompts[0], spec, 0, 2.0))
     seconds: dict[str, list[float]] = {base.name: [], turbo.name: []}
+    stages: dict[str, dict[str, list[float]]] = {base.name: {}, turbo.name: {}}
     for k, prompt in enumerate(prompts):
         for spec in (base, turbo) if k % 2 == 0 else (turbo, base):
             request = request_for(prompt, spec, 1000 + k, None)
             start = time.perf_counter()
-            pipes[spec.name].generate(request)
+            result = pipes[spec.name].generate(request)
             seconds[spec.name].append(time.perf_counter() - start)
+            for stage, value in result.timings_s.items():
+                stages[spec.name].setdefault(stage, []).append(value)
     ratios = [b / t for b, t in zip(seconds[base.name], seconds[turbo.name], strict=True)]
     for name, values in seconds.items():
         print(f"{name}: median {statistics.median(values):.2f} s per clip ({len(values)} clips)")
     print(f"paired speed-up: median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}x)")
+    for name, split in stages.items():
+        medians = ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in split.items() if max(v) >= 5e-4)
+        print(f"{name} median s per stage: {medians}")
 
 
 if __name__ == "__main__":

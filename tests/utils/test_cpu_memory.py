@@ -46,6 +46,12 @@ with reused_heap():
     big = torch.ones(128 * 1024 * 1024)
     del big
 out["kept_mib"] = rss_mib() - before
+# The first 64 MiB of the next block: faulted in afresh after a trim, reused where the freed memory was kept.
+with reused_heap():
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.ones(16 * 1024 * 1024)
+    out["next_first"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+    del t
 print(json.dumps(out))
 """
 
@@ -85,5 +91,15 @@ def test_large_blocks_are_reused_inside_and_returned_after() -> None:
     assert tuned["inside"] < 0.05 * pages, tuned  # warm heap blocks are reused
     assert tuned["after_inner"] < 0.05 * pages, tuned  # an inner block does not end the outer one's settings
     assert tuned["kept_mib"] < 64, tuned  # the 512 MiB went back to the kernel when the block ended
+    assert tuned["next_first"] > 0.8 * pages // 10, tuned  # ... so the next call faults its memory in again
     opted_out = _probe(ENCORE_CPU_ALLOCATOR="system")
     assert opted_out["applied"] is False and opted_out["inside"] > 0.8 * pages, opted_out
+
+
+@pytest.mark.skipif(not GLIBC, reason="the settings exist only in glibc")
+def test_keep_mode_holds_freed_memory_for_the_next_call() -> None:
+    pages = 64 * 1024 * 1024 // 4096
+    kept = _probe(ENCORE_CPU_ALLOCATOR="keep")
+    assert kept["applied"] is True and kept["inside"] < 0.05 * 10 * pages, kept
+    assert kept["kept_mib"] > 256, kept  # the 512 MiB stayed with the process
+    assert kept["next_first"] < 0.05 * pages, kept  # and the next block reused it without faulting
