@@ -257,6 +257,9 @@ def test_turbo_solver_in_the_marker_is_the_turbos_default(broken: Path) -> None:
     assert pipe.components.variant.defaults.solver == "sde"
     sde = pipe.generate(GenerationRequest(text=TEXT, seeds=(5,)))
     assert sde.params["request"]["diffusion"]["solver"] == "sde" and not torch.equal(sde.audio, ode.audio)
+    from encore.pipeline.request import request_from_dict
+
+    assert torch.equal(pipe.generate(request_from_dict(sde.params["request"])).audio, sde.audio)  # SDE noise is seeded
     asked = pipe.generate(GenerationRequest(text=TEXT, seeds=(5,), diffusion=DiffusionOptions(solver="ode")))
     assert torch.equal(asked.audio, ode.audio)
     # What `encore eval` reports per row: the settings that ran (a turbo shift of 2.5 snaps to 2).
