@@ -100,9 +100,13 @@ def test_parse_system_and_request() -> None:
     assert request_for(synth_prompt_set().prompts[0], parse_system("base-20@1.5"), 0, None).diffusion.shift == 1.5
     assert parse_system("turbo-8@2:sde") == SystemSpec("turbo-8@2:sde", "turbo", 8, 2.0, "sde")
     assert parse_system("turbo:ode").solver == "ode"
+    assert parse_system("base-50@2:ode:g4.5") == SystemSpec("base-50@2:ode:g4.5", "base", 50, 2.0, "ode", 4.5)
+    guided = request_for(synth_prompt_set().prompts[0], parse_system("base-50:g4"), 0, None).diffusion
+    assert guided.guidance_scale == 4.0 and guided.solver is None
     sde = request_for(synth_prompt_set().prompts[0], parse_system("turbo-8:sde"), 0, None).diffusion
     assert sde.solver == "sde" and sde.num_steps == 8
-    for bad in ("-3", "base-0", "base-x", "turbo-8@0.5", "turbo-8@x", "turbo@", "turbo-8:euler", "turbo-8:"):
+    for bad in ("-3", "base-0", "base-x", "turbo-8@0.5", "turbo-8@x", "turbo@", "turbo-8:euler", "turbo-8:",
+                "base-50:g0.5", "base-50:g", "base-50:g4:sde"):
         with pytest.raises(InvalidRequest):
             parse_system(bad)
     req = request_for(synth_prompt_set().prompts[0], SystemSpec("b", "base", 50), 3, None)

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -34,6 +34,7 @@ from encore.eval.report import EvalReport, ItemResult, SystemMetrics, compare_sy
 
 log = logging.getLogger(__name__)
 
+Solver = Literal["ode", "sde"]
 PipelineFactory = Callable[[str], Any]
 """Maps a variant name (``"base"``, ``"turbo"``, ``"random"``, ...) to a loaded `Pipeline`."""
 RENDERS = "renders"
@@ -46,14 +47,15 @@ MIN_REFERENCE = 8
 
 @dataclass(frozen=True)
 class SystemSpec:
-    """One evaluated row: a name, the variant the factory loads, the denoising steps, the timestep shift and
-    the solver (None: the variant's defaults)."""
+    """One evaluated row: a name, the variant the factory loads, the denoising steps, the timestep shift, the
+    solver and the guidance scale (None: the variant's defaults)."""
 
     name: str
     variant: str
     num_steps: int | None = None
     shift: float | None = None
-    solver: str | None = None
+    solver: Solver | None = None
+    guidance_scale: float | None = None
 
     @property
     def is_floor(self) -> bool:
@@ -66,20 +68,24 @@ DEFAULT_SYSTEMS = (SystemSpec("base-50", "base", 50), SystemSpec("turbo-8", "tur
 
 def parse_system(text: str) -> SystemSpec:
     """``"base-50"`` → variant base, 50 steps; ``"turbo"`` → the variant's default steps; ``"turbo-8@2"`` →
-    8 steps at shift 2 and ``"turbo-8:sde"`` → 8 steps with the stochastic solver (sampler sweeps);
-    ``"random"`` → floor."""
-    m = re.fullmatch(r"([A-Za-z][\w.]*?)(?:-(\d+))?(?:@(\d+(?:\.\d+)?))?(?::(ode|sde))?", text.strip())
+    8 steps at shift 2, ``"turbo-8:sde"`` → 8 steps with the stochastic solver and ``"base-50:g4"`` → guidance
+    scale 4 (sampler sweeps); ``"random"`` → floor."""
+    number = r"\d+(?:\.\d+)?"
+    m = re.fullmatch(rf"([A-Za-z][\w.]*?)(?:-(\d+))?(?:@({number}))?(?::(ode|sde))?(?::g({number}))?", text.strip())
     if not m:
-        raise InvalidRequest("systems", f"expected VARIANT, VARIANT-STEPS, VARIANT-STEPS@SHIFT, each optionally "
-                                        f"followed by :ode or :sde (e.g. base-50, turbo-8@2, turbo-8:sde), got "
-                                        f"{text!r}")  # fmt: skip
+        raise InvalidRequest("systems", f"expected VARIANT, VARIANT-STEPS or VARIANT-STEPS@SHIFT, optionally "
+                                        f"followed by :ode or :sde and then :gSCALE (e.g. base-50, turbo-8@2, "
+                                        f"turbo-8:sde, base-50:g4), got {text!r}")  # fmt: skip
     steps = int(m.group(2)) if m.group(2) else None
     if steps is not None and not 1 <= steps <= 200:
         raise InvalidRequest("systems", f"steps must be 1-200, got {steps}")
     shift = float(m.group(3)) if m.group(3) else None
     if shift is not None and not 1.0 <= shift <= 5.0:
         raise InvalidRequest("systems", f"shift must be 1-5, got {shift:g}")
-    return SystemSpec(text.strip(), m.group(1), steps, shift, m.group(4))
+    scale = float(m.group(5)) if m.group(5) else None
+    if scale is not None and not 1.0 <= scale <= 30.0:
+        raise InvalidRequest("systems", f"guidance scale must be 1-30, got {scale:g}")
+    return SystemSpec(text.strip(), m.group(1), steps, shift, cast(Solver | None, m.group(4)), scale)
 
 
 @dataclass
@@ -257,8 +263,8 @@ def request_for(prompt: EvalPrompt, spec: SystemSpec, seed: int, duration_s: flo
     text = TextInputs(caption=prompt.caption, lyrics="[Instrumental]", language="unknown", bpm=prompt.bpm,
                       keyscale=prompt.keyscale, timesignature=prompt.timesignature,
                       duration_s=duration_s if duration_s is not None else prompt.duration_s)  # fmt: skip
-    solver = {"solver": spec.solver} if spec.solver else {}
-    diffusion = DiffusionOptions(num_steps=spec.num_steps, shift=spec.shift, **solver)
+    diffusion = DiffusionOptions(num_steps=spec.num_steps, shift=spec.shift, solver=spec.solver,
+                                 guidance_scale=spec.guidance_scale)
     output = OutputOptions(normalize="peak")
     return GenerationRequest(text=text, diffusion=diffusion, seeds=(seed,), output=output)
 
