@@ -254,3 +254,31 @@ def test_scoring_runs_numpy_blas_single_threaded(synth_corpus: Path, tmp_path: P
         after = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
     assert seen and set(seen) == {1}
     assert item.prompt_id == prompt.id and set(after) == {2}  # the caller's setting comes back
+
+
+def test_timed_calls_run_back_to_back_and_scoring_follows(synth_corpus: Path, tmp_path: Path, monkeypatch) -> None:
+    """No scoring between the timed generate calls (it slowed the next call); clips are scored afterwards, in
+    the same order, and the saved audio is written then."""
+    from encore.eval import run
+
+    events: list[str] = []
+
+    class Logged(FakePipeline):
+        def generate(self, request):
+            events.append("generate")
+            return super().generate(request)
+
+    analyze = run.analysis.analyze_clip
+
+    def scoring(audio, sample_rate):
+        events.append("score")
+        return analyze(audio, sample_rate)
+
+    monkeypatch.setattr(run.analysis, "analyze_clip", scoring)
+    systems = [SystemSpec("base-4", "base", 4), SystemSpec("turbo-2", "turbo", 2)]
+    report = run_eval(lambda v: Logged("oracle"), prompts=synth_prompt_set(), corpus_dir=synth_corpus,
+                      out_dir=tmp_path, systems=systems, include_renders=False, save_audio=True, seed=7)  # fmt: skip
+    calls = 2 + 2 * 4  # two warm-ups, then 4 prompts x 2 systems
+    assert events == ["generate"] * calls + ["score"] * 8
+    assert [i.prompt_id for i in report.row("turbo-2").items] == [p.id for p in synth_prompt_set().prompts]
+    assert len(list((tmp_path / "audio" / "turbo-2").glob("*.flac"))) == 4

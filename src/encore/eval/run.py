@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -292,29 +293,39 @@ def _model_rows(
     The systems are loaded together, warmed up once each (untimed), then called prompt by prompt, the order
     rotating every prompt: on a machine whose speed drifts over minutes, base and turbo are then timed under
     the same conditions (timed one after the other, their speed-up moved by ±0.4x between runs of the same
-    models here). Scoring runs outside the timed calls.
+    models here). The calls run back to back: each clip goes to a temporary `.npy` file and is scored (and
+    saved as FLAC) after the last call, because work between the calls slowed the next one (NumPy's BLAS
+    workers spinning, `_Scorer.score`; and with those limited, the base's 50 steps still took 1.67-1.80 s
+    inside the eval against 1.43-1.55 s back to back).
     """
     pipelines = [factory(spec.variant) for spec in specs]
     for spec, pipeline in zip(specs, pipelines, strict=True):
         pipeline.generate(request_for(prompts[0], spec, seed, 2.0))  # first-call costs stay out of the timings
-    items: dict[str, list[ItemResult]] = {spec.name: [] for spec in specs}
-    embs: dict[str, list[np.ndarray]] = {spec.name: [] for spec in specs}
-    sampling: dict[str, dict[str, Any]] = {}
     order = list(range(len(specs)))
-    for k, prompt in enumerate(prompts):
-        for j in order[k % len(order) :] + order[: k % len(order)]:
-            spec, pipeline = specs[j], pipelines[j]
-            request = request_for(prompt, spec, seed + k, duration_s)
-            start = time.perf_counter()
-            result = pipeline.generate(request)
-            seconds = time.perf_counter() - start
-            audio = result.audio[0].float().numpy()
+    calls: list[tuple[SystemSpec, EvalPrompt, Path, int, float, dict[str, float]]] = []
+    sampling: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="encore-eval-") as tmp:
+        for k, prompt in enumerate(prompts):
+            for j in order[k % len(order) :] + order[: k % len(order)]:
+                spec, pipeline = specs[j], pipelines[j]
+                request = request_for(prompt, spec, seed + k, duration_s)
+                start = time.perf_counter()
+                result = pipeline.generate(request)
+                seconds = time.perf_counter() - start
+                clip = Path(tmp) / f"{len(calls)}.npy"
+                np.save(clip, result.audio[0].float().numpy())
+                calls.append((spec, prompt, clip, result.sample_rate, seconds, dict(result.timings_s)))
+                sampling.setdefault(spec.name, sampling_of(result))
+        del pipelines
+        items: dict[str, list[ItemResult]] = {spec.name: [] for spec in specs}
+        embs: dict[str, list[np.ndarray]] = {spec.name: [] for spec in specs}
+        for spec, prompt, clip, rate, seconds, stages in calls:
+            audio = np.load(clip)
             if audio_dir is not None:
-                _save_audio(audio_dir / spec.name / f"{prompt.id}.flac", audio, result.sample_rate)
-            item, emb = scorer.score(prompt.id, audio, result.sample_rate, prompt, seconds, result.timings_s)
+                _save_audio(audio_dir / spec.name / f"{prompt.id}.flac", audio, rate)
+            item, emb = scorer.score(prompt.id, audio, rate, prompt, seconds, stages)
             items[spec.name].append(item)
             embs[spec.name].append(emb)
-            sampling.setdefault(spec.name, sampling_of(result))
             log.info("%s %s: %.2f s, tempo %s, key %s", spec.name, prompt.id, seconds, item.tempo, item.key)
     return {name: (items[name], np.stack(embs[name]), sampling[name]) for name in items}
 
