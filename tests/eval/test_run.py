@@ -172,20 +172,21 @@ def test_reconstruction_row_scores_renders_through_the_vae(synth_corpus: Path, t
         _reconstruction_row(_RoundTrip(lossy=False), prompts, clips, scorer, 48_000)
 
 
-def test_the_reconstruction_rows_pipeline_is_reused_once() -> None:
-    from encore.eval.run import handing_out_once
+def test_the_reconstruction_row_reuses_the_model_rows_pipeline() -> None:
+    from encore.eval.run import remembering
 
     loads: list[str] = []
 
     def factory(variant: str) -> str:
         loads.append(variant)
-        return f"fresh {variant}"
+        return f"{variant} #{len(loads)}"
 
-    wrapped = handing_out_once(factory, "base", "loaded base")
-    assert wrapped("turbo") == "fresh turbo"
-    assert wrapped("base") == "loaded base"  # no second load of the same checkpoint
-    assert wrapped("base") == "fresh base"  # handed out once only
-    assert loads == ["turbo", "base"]
+    wrapped, kept = remembering(factory, "base")
+    assert wrapped("turbo") == "turbo #1" and wrapped("base") == "base #2" and wrapped("base") == "base #3"
+    assert kept == ["base #2"]  # the first base the model rows loaded, kept for the reconstruction row
+    none, nothing = remembering(factory, None)
+    none("base")
+    assert nothing == []
 
 
 @pytest.mark.parametrize("interleave", [True, False])
