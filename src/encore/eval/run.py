@@ -364,8 +364,12 @@ def run_eval(pipeline_factory: PipelineFactory, *, prompts: PromptSet, corpus_di
              include_reconstruction: bool = True, interleave: bool = True) -> EvalReport:  # fmt: skip
     """Evaluate every system on the prompt set and write ``eval.json`` and ``eval.md`` into `out_dir`.
 
+    The timed model rows run first (back to back, scored afterwards), then the renders and the VAE round trip,
+    then the floor; the table lists them as renders, round trip, systems.
+
     Args:
-        pipeline_factory: ``factory(variant) -> Pipeline`` (called once per system, in order).
+        pipeline_factory: ``factory(variant) -> Pipeline`` (called once per system, in order, and once more for
+            the reconstruction row when not interleaved).
         prompts: The prompt set (`encore.eval.prompts.load_prompt_set()`).
         corpus_dir: A built training corpus: trains the probe and gives the FD reference.
         out_dir: Where the report, the probe and (optionally) the audio go.
