@@ -22,6 +22,7 @@ import torch
 def main() -> None:
     import encore
     from encore.eval.prompts import load_prompt_set
+    from encore.eval.report import median_stages, stage_text
     from encore.eval.run import DEFAULT_SYSTEMS, request_for
 
     checkpoint = sys.argv[1]
@@ -33,22 +34,20 @@ def main() -> None:
     for spec in (base, turbo):  # first-call costs stay out, as in the eval
         pipes[spec.name].generate(request_for(prompts[0], spec, 0, 2.0))
     seconds: dict[str, list[float]] = {base.name: [], turbo.name: []}
-    stages: dict[str, dict[str, list[float]]] = {base.name: {}, turbo.name: {}}
+    stages: dict[str, list[dict[str, float]]] = {base.name: [], turbo.name: []}
     for k, prompt in enumerate(prompts):
         for spec in (base, turbo) if k % 2 == 0 else (turbo, base):
             request = request_for(prompt, spec, 1000 + k, None)
             start = time.perf_counter()
             result = pipes[spec.name].generate(request)
             seconds[spec.name].append(time.perf_counter() - start)
-            for stage, value in result.timings_s.items():
-                stages[spec.name].setdefault(stage, []).append(value)
+            stages[spec.name].append(result.timings_s)
     ratios = [b / t for b, t in zip(seconds[base.name], seconds[turbo.name], strict=True)]
     for name, values in seconds.items():
         print(f"{name}: median {statistics.median(values):.2f} s per clip ({len(values)} clips)")
     print(f"paired speed-up: median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}x)")
-    for name, split in stages.items():
-        medians = ", ".join(f"{k} {statistics.median(v):.3f}" for k, v in split.items() if max(v) >= 5e-4)
-        print(f"{name} median s per stage: {medians}")
+    for name, splits in stages.items():
+        print(f"{name} median s per stage: {stage_text(median_stages(splits))}")
 
 
 if __name__ == "__main__":

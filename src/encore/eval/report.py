@@ -8,7 +8,7 @@ whether the probe's most confident class is one the prompt asked for; a class co
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +161,18 @@ def instrument_scores(
     return summary, per_class
 
 
+def median_stages(splits: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Median seconds of each pipeline stage over generate calls' `timings_s` (each over the calls that have it)."""
+    splits = list(splits)
+    return {name: float(np.median([split[name] for split in splits if name in split]))
+            for name in dict.fromkeys(n for split in splits for n in split)}  # fmt: skip
+
+
+def stage_text(stages: dict[str, float]) -> str:
+    """``encode_text 0.020; sample 0.173; ...``; stages under half a millisecond (reading no audio) left out."""
+    return "; ".join(f"{name} {seconds:.3f}" for name, seconds in stages.items() if seconds >= 5e-4)
+
+
 def summarise(name: str, role: str, items: list[ItemResult], frechet: float | None,
               num_steps: int | None = None, sampling: dict[str, Any] | None = None) -> SystemMetrics:  # fmt: skip
     """Aggregate a row's items (tempo, key, instrument metrics, timing)."""
@@ -168,8 +180,7 @@ def summarise(name: str, role: str, items: list[ItemResult], frechet: float | No
     timed = [i for i in items if i.seconds is not None]
     seconds = float(np.median([i.seconds for i in timed])) if timed else None
     rtf = sum(i.audio_seconds for i in timed) / sum(i.seconds for i in timed) if timed else None  # type: ignore[misc]
-    stages = {name: float(np.median([i.stage_seconds[name] for i in items if name in i.stage_seconds]))
-              for name in dict.fromkeys(n for i in items for n in i.stage_seconds)}  # fmt: skip
+    stages = median_stages(i.stage_seconds for i in items)
     tempo = tempo_summary([i.tempo for i in items])
     confidences = [i.bpm_confidence for i in items if i.bpm_confidence is not None]
     if confidences:  # pulse: a clip can miss the asked tempo with a clear beat, or have no beat at all
@@ -292,9 +303,8 @@ class EvalReport:
         if sampled:
             notes.append(f"- sampling as run: {'; '.join(sampled)}.")
         staged = [r for r in self.systems if r.stage_seconds]
-        if staged:  # stages under a millisecond (reading no audio) are left out
-            rows = ["; ".join([f"{r.name}"] + [f"{k} {v:.3f}" for k, v in r.stage_seconds.items() if v >= 5e-4])
-                    for r in staged]  # fmt: skip
+        if staged:
+            rows = [f"{r.name}; {stage_text(r.stage_seconds)}" for r in staged]
             notes.append(f"- median s per stage of a generate call: {' | '.join(rows)}.")
         notes.append("- pulse: mean confidence of the tempo estimator (0 = no steady beat, whatever the tempo).")
         p = self.prompts

@@ -443,14 +443,11 @@ def remembering(factory: PipelineFactory, variant: str | None) -> tuple[Pipeline
     """`factory`, and a list that receives the first pipeline it loads for `variant` (the reconstruction row
     reuses it after the model rows instead of loading the same checkpoint a second time; None keeps none)."""
     kept: list[Any] = []
-    remembered = False
 
     def load(requested: str) -> Any:
-        nonlocal remembered
         pipeline = factory(requested)
-        if requested == variant and not remembered:
+        if requested == variant and not kept:
             kept.append(pipeline)
-            remembered = True
         return pipeline
 
     return load, kept

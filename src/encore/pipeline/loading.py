@@ -39,6 +39,7 @@ from encore.pipeline.presets import (
     EMBEDDED_NAME,
     EMBEDDED_TEXT_ENCODER_DIR,
     PRESETS,
+    SOLVERS,
     TEXT_ENCODER_DIR,
     VAE_DIR,
     DiffusionDefaults,
@@ -290,7 +291,7 @@ def embedded_defaults(paths: CheckpointPaths, is_turbo: bool) -> DiffusionDefaul
     solver = read_embedded_meta(paths.root).get("turbo_solver")
     if solver is None:
         return defaults
-    if solver not in ("ode", "sde"):
+    if solver not in SOLVERS:
         raise CheckpointError(str(paths.root / EMBEDDED_MARKER), f"turbo_solver {solver!r} is not 'ode' or 'sde'")
     return dataclasses.replace(defaults, solver=solver) if is_turbo else defaults
 

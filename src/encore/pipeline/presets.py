@@ -40,6 +40,10 @@ EMBEDDED_MISSING_HINT = (
 )
 
 
+SOLVERS: tuple[str, ...] = ("ode", "sde")
+"""The samplers a request (`DiffusionOptions.solver`) or a checkpoint's defaults may name."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class DiffusionDefaults:
     """Sampling defaults of one variant (SPEC §9.3, §9.4, §11)."""

@@ -270,11 +270,12 @@ def export_embedded(
         `dest`.
     """
     from encore.pipeline import convert
+    from encore.pipeline.presets import SOLVERS
     from encore.pipeline.saving import write_json, write_official_dit, write_vae
     from encore.training.recipes.dit import load_dit_checkpoint
     from encore.training.recipes.vae import load_vae_checkpoint
 
-    if turbo_solver not in (None, "ode", "sde"):
+    if turbo_solver is not None and turbo_solver not in SOLVERS:
         raise ValueError(f"turbo_solver must be 'ode' or 'sde', got {turbo_solver!r}")
     default = load_dit_checkpoint(dit_checkpoint)
     # The default DiT's folder says what it is: a DiT recipe checkpoint (not distilled) is a base model.
