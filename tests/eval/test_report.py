@@ -127,3 +127,5 @@ def test_sampling_text_names_guidance_only_when_on() -> None:
     assert _sampling_text(base) == "50 steps, shift 3, ode, apg 7"
     assert _sampling_text({**base, "guidance_scale": 1.0}) == "50 steps, shift 3, ode"
     assert _sampling_text({"num_steps": 8, "shift": 2.0, "solver": "sde"}) == "8 steps, shift 2, sde"
+    assert _sampling_text({**base, "guide_hints": False}) == "50 steps, shift 3, ode, apg 7 not on hints"
+    assert _sampling_text({**base, "guide_hints": True}) == "50 steps, shift 3, ode, apg 7 on hints"

@@ -105,8 +105,10 @@ def test_parse_system_and_request() -> None:
     assert guided.guidance_scale == 4.0 and guided.solver is None
     sde = request_for(synth_prompt_set().prompts[0], parse_system("turbo-8:sde"), 0, None).diffusion
     assert sde.solver == "sde" and sde.num_steps == 8
+    plain = request_for(synth_prompt_set().prompts[0], parse_system("base-50:g4:no-guide-hints"), 0, None).diffusion
+    assert plain.guide_hints is False and plain.guidance_scale == 4.0 and guided.guide_hints is True
     for bad in ("-3", "base-0", "base-x", "turbo-8@0.5", "turbo-8@x", "turbo@", "turbo-8:euler", "turbo-8:",
-                "base-50:g0.5", "base-50:g", "base-50:g4:sde"):
+                "base-50:g0.5", "base-50:g", "base-50:g4:sde", "base-50:no-guide-hints:g4"):
         with pytest.raises(InvalidRequest):
             parse_system(bad)
     req = request_for(synth_prompt_set().prompts[0], SystemSpec("b", "base", 50), 3, None)
@@ -283,3 +285,18 @@ def test_timed_calls_run_back_to_back_and_scoring_follows(synth_corpus: Path, tm
     assert events == ["generate"] * calls + ["score"] * 8
     assert [i.prompt_id for i in report.row("turbo-2").items] == [p.id for p in synth_prompt_set().prompts]
     assert len(list((tmp_path / "audio" / "turbo-2").glob("*.flac"))) == 4
+
+
+def test_sampling_of_records_guide_hints_only_where_it_acts() -> None:
+    from types import SimpleNamespace
+
+    from encore.eval.run import sampling_of
+
+    diffusion = {"num_steps": 50, "shift": 3.0, "solver": "ode", "guidance": "apg", "guidance_scale": 7.0,
+                 "guide_hints": False}  # fmt: skip
+    hinted = SimpleNamespace(params={"request": {"diffusion": diffusion}, "beat_hints": True})
+    assert sampling_of(hinted)["guide_hints"] is False
+    unhinted = SimpleNamespace(params={"request": {"diffusion": diffusion}})
+    assert "guide_hints" not in sampling_of(unhinted)
+    turbo = {**diffusion, "guidance": None, "guidance_scale": 1.0}
+    assert "guide_hints" not in sampling_of(SimpleNamespace(params={"request": {"diffusion": turbo}, "beat_hints": True}))

@@ -345,6 +345,51 @@ def test_a_model_trained_with_key_hints_gets_the_requested_key_in_its_hints(
                                                     sample_rate=pipe.sample_rate, hop_samples=pipe.hop_samples))
 
 
+def test_guidance_also_covers_the_hints_unless_the_request_says_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A guided base with beat/key hints: the null branch gets the hint-free text2music context (silence under
+    the same chunk mask), so guidance amplifies the hints; `guide_hints=False` gives both branches the hints."""
+    from helpers.tiny_pipeline import SILENCE_FRAMES, VAE_8K
+
+    from encore.models.config import AceStepConfig
+    from encore.pipeline.random_checkpoint import write_random_checkpoint
+
+    config = AceStepConfig.tiny(beat_hints=True, key_hints=True, is_turbo=False)
+    dit = write_random_checkpoint(tmp_path, config=config, vae_config=VAE_8K, silence_frames=SILENCE_FRAMES,
+                                  dit_dir="acestep-v15-base")  # fmt: skip
+    pipe = Pipeline.from_pretrained(dit, device="cpu")
+    contexts: list[torch.Tensor] = []
+    real = pipe.model.decoder.forward
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        contexts.append(args[4].clone())  # type: ignore[union-attr]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipe.model.decoder, "forward", spy)
+    text = dataclasses.replace(TEXT, bpm=90, keyscale="F# minor")
+    channels = config.audio_acoustic_hidden_dim
+    outputs = {}
+    for guide in (True, False):
+        contexts.clear()
+        diffusion = DiffusionOptions(num_steps=2, guidance_scale=3.0, guide_hints=guide)
+        result = pipe.generate(_request(text=text, diffusion=diffusion))
+        assert result.params["key_hints"] is True and result.params["request"]["diffusion"]["guide_hints"] is guide
+        frames = result.params["num_frames"]
+        cond, null = contexts[0].chunk(2)
+        assert not torch.equal(cond[0, :, :channels], pipe.silence[:frames].to(cond.dtype))  # the hints
+        assert torch.equal(null[..., channels:], cond[..., channels:])  # the same chunk mask
+        if guide:
+            assert torch.equal(null[0, :, :channels], pipe.silence[:frames].to(null.dtype))
+        else:
+            assert torch.equal(null, cond)
+        outputs[guide] = result.audio
+    assert not torch.equal(outputs[True], outputs[False])
+    contexts.clear()
+    pipe.generate(_request(text=text, diffusion=DiffusionOptions(num_steps=2, guidance_scale=1.0)))
+    assert contexts[0].shape[0] == 1  # unguided: one branch, nothing to change
+
+
 def test_silence_timbre_is_cached_per_weights_and_changes_nothing(turbo: Pipeline) -> None:
     """Requests without reference audio reuse one timbre vector of the silence reference; the output is the
     uncached one, and an in-place weight change (a training step, a load) invalidates it."""

@@ -222,3 +222,23 @@ def test_beat_hints_need_a_teacher_trained_with_them(tmp_path: Path, teacher: Pa
                                     max_steps=1, beat_hint_prob=0.5, key_hint_prob=0.5), cache=_cache())  # fmt: skip
     with pytest.raises(ValueError, match="key_hint_prob"):
         keyless.setup()
+
+
+def test_guide_hints_gives_the_teachers_null_branch_the_hint_free_context(tmp_path: Path, teacher: Path) -> None:
+    contexts: list[torch.Tensor] = []
+    for guide in (False, True):
+        recipe = DistillRecipe(_config(tmp_path / str(guide), teacher, max_steps=1, guide_hints=guide), cache=_cache())
+        recipe.setup()
+
+        def spy(*args: object, real=recipe.teacher.decoder.forward, **kwargs: object) -> torch.Tensor:
+            contexts.append(args[4].clone())  # type: ignore[union-attr]
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        recipe.teacher.decoder.forward = spy  # type: ignore[method-assign]
+        x0, states, context, _, _ = recipe._batch(torch.Generator().manual_seed(0))
+        hint_free = torch.randn_like(context)  # any stand-in: only where it goes matters
+        t = torch.full((x0.shape[0],), 0.5)
+        with torch.no_grad():
+            recipe._teacher_velocity(x0, t, states, context, hint_free)
+        cond, null = contexts[-1].chunk(2)
+        assert torch.equal(cond, context) and torch.equal(null, hint_free if guide else context)

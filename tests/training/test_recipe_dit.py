@@ -26,6 +26,7 @@ from encore.training.recipes.dit import (
     LatentCache,
     TextStates,
     build_item,
+    collate_items,
     drop_outliers,
     encode_conditions,
     encode_latent_cache,
@@ -323,6 +324,31 @@ def test_text_budgets_match_the_pipeline() -> None:
 
     assert dit.CAPTION_MAX_TOKENS == pipeline.CAPTION_MAX_TOKENS == preprocess.CAPTION_MAX_TOKENS
     assert dit.LYRIC_MAX_TOKENS == pipeline.LYRIC_MAX_TOKENS == preprocess.LYRICS_MAX_TOKENS
+
+
+def test_the_hint_free_context_swaps_only_the_hints_for_silence() -> None:
+    """`Batch.hint_free_context`: a hinted text2music item gets the silence context it would have had without
+    hints (same chunk mask); unhinted and other-task items keep theirs."""
+    cache = make_cache()
+    clip = cache.clips[2]
+    cfg = DiTTrainConfig(output_dir="unused", geometry="tiny", crop_frames=40, beat_hint_prob=0.5,
+                         task_weights=(0.5, 0.0, 0.5, 0.0, 0.0, 0.0))  # fmt: skip
+    items = [build_item(clip, cache, cfg, torch.Generator().manual_seed(seed)) for seed in range(12)]
+    hinted = [it.cond.src_is_hints for it in items]
+    assert any(hinted) and not all(hinted) and any(it.task == "cover" for it in items)
+    model = AceStepModel(embedded.dit_config("tiny", latent_channels=D))
+    encoder, tokenizer = embedded.tiny_sentence_encoder(24)
+    texts = TextStates(encoder, tokenizer, 16, torch.device("cpu"))
+    with torch.no_grad():
+        batch = collate_items(model, items, texts, cache.silence, torch.device("cpu"))
+    free = batch.hint_free_context
+    torch.testing.assert_close(free[..., D:], batch.context[..., D:], rtol=0, atol=0)
+    for i, it in enumerate(items):
+        if hinted[i]:
+            assert torch.equal(free[i, :, :D], cache.silence[:40])
+            assert not torch.equal(batch.context[i, :, :D], cache.silence[:40])
+        else:
+            assert torch.equal(free[i], batch.context[i])
 
 
 def test_beat_hints_replace_the_silence_context_of_text2music_items(tmp_path: Path) -> None:

@@ -226,11 +226,14 @@ def _num(x: float | None, fmt: str) -> str:
 
 def _sampling_text(sampling: dict[str, Any]) -> str:
     """``{"num_steps": 50, "shift": 3.0, "solver": "ode", "guidance": "apg", "guidance_scale": 7.0}`` ->
-    ``50 steps, shift 3, ode, apg 7`` (guidance only when it is on)."""
+    ``50 steps, shift 3, ode, apg 7`` (guidance only when it is on; ``on hints`` / ``not on hints`` when the
+    model read beat/key hints, `DiffusionOptions.guide_hints`)."""
     parts = [f"{sampling['num_steps']} steps" if "num_steps" in sampling else "",
              f"shift {sampling['shift']:g}" if "shift" in sampling else "", sampling.get("solver", "")]
     if sampling.get("guidance") and sampling.get("guidance_scale", 1.0) > 1.0:
         parts.append(f"{sampling['guidance']} {sampling['guidance_scale']:g}")
+        if "guide_hints" in sampling:
+            parts[-1] += " on hints" if sampling["guide_hints"] else " not on hints"
     return ", ".join(p for p in parts if p)
 
 

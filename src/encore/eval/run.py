@@ -49,7 +49,8 @@ MIN_REFERENCE = 8
 @dataclass(frozen=True)
 class SystemSpec:
     """One evaluated row: a name, the variant the factory loads, the denoising steps, the timestep shift, the
-    solver and the guidance scale (None: the variant's defaults)."""
+    solver and the guidance scale (None: the variant's defaults), and whether guidance covers the beat/key
+    hints (`DiffusionOptions.guide_hints`)."""
 
     name: str
     variant: str
@@ -57,6 +58,7 @@ class SystemSpec:
     shift: float | None = None
     solver: Solver | None = None
     guidance_scale: float | None = None
+    guide_hints: bool = True
 
     @property
     def is_floor(self) -> bool:
@@ -69,14 +71,16 @@ DEFAULT_SYSTEMS = (SystemSpec("base-50", "base", 50), SystemSpec("turbo-8", "tur
 
 def parse_system(text: str) -> SystemSpec:
     """``"base-50"`` → variant base, 50 steps; ``"turbo"`` → the variant's default steps; ``"turbo-8@2"`` →
-    8 steps at shift 2, ``"turbo-8:sde"`` → 8 steps with the stochastic solver and ``"base-50:g4"`` → guidance
-    scale 4 (sampler sweeps); ``"random"`` → floor."""
+    8 steps at shift 2, ``"turbo-8:sde"`` → 8 steps with the stochastic solver, ``"base-50:g4"`` → guidance
+    scale 4 and ``"base-50:no-guide-hints"`` → both guidance branches get the hints (sampler sweeps);
+    ``"random"`` → floor."""
     number = r"\d+(?:\.\d+)?"
-    m = re.fullmatch(rf"([A-Za-z][\w.]*?)(?:-(\d+))?(?:@({number}))?(?::(ode|sde))?(?::g({number}))?", text.strip())
+    m = re.fullmatch(rf"([A-Za-z][\w.]*?)(?:-(\d+))?(?:@({number}))?(?::(ode|sde))?(?::g({number}))?(:no-guide-hints)?",
+                     text.strip())  # fmt: skip
     if not m:
         raise InvalidRequest("systems", f"expected VARIANT, VARIANT-STEPS or VARIANT-STEPS@SHIFT, optionally "
-                                        f"followed by :ode or :sde and then :gSCALE (e.g. base-50, turbo-8@2, "
-                                        f"turbo-8:sde, base-50:g4), got {text!r}")  # fmt: skip
+                                        f"followed by :ode or :sde, then :gSCALE, then :no-guide-hints (e.g. "
+                                        f"base-50, turbo-8@2, turbo-8:sde, base-50:g4), got {text!r}")  # fmt: skip
     steps = int(m.group(2)) if m.group(2) else None
     if steps is not None and not 1 <= steps <= 200:
         raise InvalidRequest("systems", f"steps must be 1-200, got {steps}")
@@ -86,7 +90,8 @@ def parse_system(text: str) -> SystemSpec:
     scale = float(m.group(5)) if m.group(5) else None
     if scale is not None and not 1.0 <= scale <= 30.0:
         raise InvalidRequest("systems", f"guidance scale must be 1-30, got {scale:g}")
-    return SystemSpec(text.strip(), m.group(1), steps, shift, cast(Solver | None, m.group(4)), scale)
+    return SystemSpec(text.strip(), m.group(1), steps, shift, cast(Solver | None, m.group(4)), scale,
+                      guide_hints=m.group(6) is None)
 
 
 @dataclass
@@ -265,7 +270,7 @@ def request_for(prompt: EvalPrompt, spec: SystemSpec, seed: int, duration_s: flo
                       keyscale=prompt.keyscale, timesignature=prompt.timesignature,
                       duration_s=duration_s if duration_s is not None else prompt.duration_s)  # fmt: skip
     diffusion = DiffusionOptions(num_steps=spec.num_steps, shift=spec.shift, solver=spec.solver,
-                                 guidance_scale=spec.guidance_scale)
+                                 guidance_scale=spec.guidance_scale, guide_hints=spec.guide_hints)
     output = OutputOptions(normalize="peak")
     return GenerationRequest(text=text, diffusion=diffusion, seeds=(seed,), output=output)
 
@@ -335,7 +340,10 @@ def sampling_of(result: Any) -> dict[str, Any]:
     model's defaults (a row named ``turbo-8@2.5`` runs at shift 2: turbo shifts snap to 1, 2 or 3)."""
     diffusion = result.params["request"]["diffusion"]
     keys = ("num_steps", "shift", "solver", "guidance", "guidance_scale")
-    return {k: diffusion[k] for k in keys if diffusion.get(k) is not None}
+    out = {k: diffusion[k] for k in keys if diffusion.get(k) is not None}
+    if out.get("guidance") and result.params.get("beat_hints"):  # only then does guide_hints change anything
+        out["guide_hints"] = diffusion["guide_hints"]
+    return out
 
 
 def timing_groups(systems: Sequence[SystemSpec], interleave: bool) -> list[list[SystemSpec]]:

@@ -79,6 +79,7 @@ class SamplingPlan:
     """`None` when guidance is off (turbo, or `guidance_scale == 1`)."""
     cfg_interval: tuple[float, float]
     solver: str
+    guide_hints: bool
 
 
 @dataclass
@@ -151,6 +152,8 @@ class _Condition:
     """[1, S, enc_H] packed condition."""
     context: Tensor
     """[B, T, 2C] cat(src latents, chunk mask)."""
+    null_context: Tensor | None = None
+    """The guidance's null-branch context where it differs from `context`: without the beat/key hints."""
 
 
 class Pipeline:
@@ -345,7 +348,7 @@ class Pipeline:
         guided = opts.guidance_scale > 1.0
         return SamplingPlan(timesteps=timesteps, num_steps=num_steps, shift=opts.shift,
                             guidance_scale=opts.guidance_scale, guidance=(opts.guidance or "apg") if guided else None,
-                            cfg_interval=opts.cfg_interval, solver=opts.solver)
+                            cfg_interval=opts.cfg_interval, solver=opts.solver, guide_hints=opts.guide_hints)
 
     def _turbo_sampling(self, requested: DiffusionOptions, opts: DiffusionOptions) -> SamplingPlan:
         table_steps = len(schedules.TURBO_TIMESTEPS[1.0])
@@ -364,7 +367,8 @@ class Pipeline:
             shift = schedules.nearest_turbo_shift(opts.shift or 3.0)
             timesteps = schedules.turbo_timesteps(shift, dtype=self.dtype, device=self.device)
         return SamplingPlan(timesteps=timesteps, num_steps=int(timesteps.numel()), shift=float(shift),
-                            guidance_scale=1.0, guidance=None, cfg_interval=opts.cfg_interval, solver=opts.solver)
+                            guidance_scale=1.0, guidance=None, cfg_interval=opts.cfg_interval, solver=opts.solver,
+                            guide_hints=opts.guide_hints)
 
     @staticmethod
     def _check_steps(num_steps: int | None, schedule_steps: int) -> None:
@@ -620,7 +624,13 @@ class Pipeline:
         duration = self._metas_duration(run, cond)
         batch = run.request.batch_size
         states = self.encode_condition(run.text, cond.instruction, duration, timbre)
-        out = [_Condition(encoder_hidden_states=states, context=self._context(conds, batch))]
+        null_context = None
+        if run.params.get("beat_hints") and run.sampling.guidance is not None and run.sampling.guide_hints:
+            # The same request without hints: a text2music context of silence under the same chunk mask.
+            hint_free = dataclasses.replace(cond, src_latents=self.silence[: cond.num_frames])
+            null_context = self._context([hint_free], batch)
+        out = [_Condition(encoder_hidden_states=states, context=self._context(conds, batch),
+                          null_context=null_context)]
         if cond.non_cover is not None:
             states = self.encode_condition(run.text, cond.non_cover.instruction, duration, timbre)
             out.append(_Condition(encoder_hidden_states=states, context=self._context([cond.non_cover], batch)))
@@ -664,7 +674,7 @@ class Pipeline:
         null_kv = self._cross_kv(self.model.null_condition(cond.encoder_hidden_states), batch)
         pair_kv = CrossKVCache(keys=tuple(torch.cat(p) for p in zip(cond_kv.keys, null_kv.keys)),
                                values=tuple(torch.cat(p) for p in zip(cond_kv.values, null_kv.values)))
-        context2 = torch.cat([cond.context, cond.context])
+        context2 = torch.cat([cond.context, cond.context if cond.null_context is None else cond.null_context])
 
         def pair_fn(x: Tensor, t: Tensor, step: int) -> tuple[Tensor, Tensor]:
             tt = t.to(self.dtype).expand(2 * batch)

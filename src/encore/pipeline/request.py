@@ -108,6 +108,10 @@ class DiffusionOptions:
     """Custom timestep list (turbo snaps each value to its valid set)."""
     solver: Literal["ode", "sde"] | None = None
     """Euler ODE or stochastic (SDE) sampling; None takes the model's default (ODE, except the embedded turbo)."""
+    guide_hints: bool = True
+    """With guidance, the null branch also goes without the rule-written beat/key hints (only models trained
+    with them read hints: the embedded base), so guidance amplifies tempo and key along with the text. False
+    gives both branches the hints (the ninth release's sampling)."""
 
     def __post_init__(self) -> None:
         if self.num_steps is not None and not (1 <= self.num_steps <= MAX_STEPS):

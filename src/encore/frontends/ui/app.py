@@ -271,6 +271,8 @@ def _components(gr: Any) -> dict[str, Any]:
             c["diffusion.guidance_scale"] = gr.Number(value=d("diffusion.guidance_scale"), label="Guidance")
             c["diffusion.solver"] = gr.Radio([("model", ""), ("ode", "ode"), ("sde", "sde")], value="",
                                              label="Solver (model = the model's default)")
+            c["diffusion.guide_hints"] = gr.Checkbox(value=d("diffusion.guide_hints"),
+                                                     label="Guidance on beat/key hints (embedded base)")
         with gr.Row():
             c["seeds"] = gr.Textbox(value="", label="Seeds (comma-separated, empty = random)")
             c["output.format"] = gr.Dropdown(list(FORMATS), value=d("output.format"), label="Format")

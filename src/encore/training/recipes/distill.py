@@ -78,6 +78,10 @@ class DistillConfig(RecipeConfig):
     """Critic (fake score) updates per student update (two time-scale rule of DMD2)."""
     guidance_scale: float = 4.0
     """CFG scale of the teacher's real score (the student needs no CFG at inference)."""
+    guide_hints: bool = False
+    """The teacher's null branch also drops the beat/key hints (silence context), so its guidance amplifies the
+    hints as well as the text, as the pipeline's base sampling does (`DiffusionOptions.guide_hints`). Off, both
+    branches see the hints (the sixth to ninth releases' turbos)."""
     shifts: tuple[float, ...] = VALID_SHIFTS
     dmd_weight: float = 1.0
     dmd_min_t: float = 0.0
@@ -214,15 +218,16 @@ class DistillRecipe(Recipe[DistillConfig]):
         return {"dit_config": self.student.config.to_dict(), "teacher": self.config.teacher}
 
     # ------------------------------------------------------------------ pieces
-    def _teacher_velocity(self, x: Tensor, t: Tensor, states: Tensor, context: Tensor) -> Tensor:
-        """Teacher velocity with CFG (`v_u + g (v_c - v_u)`), cond and null in one batched call."""
+    def _teacher_velocity(self, x: Tensor, t: Tensor, states: Tensor, context: Tensor, hint_free: Tensor) -> Tensor:
+        """Teacher velocity with CFG (`v_u + g (v_c - v_u)`), cond and null in one batched call; the null branch
+        gets `hint_free` as its context with `guide_hints`."""
         null = self.teacher.null_condition(states)
         v = self.teacher.decoder(
             torch.cat([x, x]),
             torch.cat([t, t]),
             torch.cat([t, t]),
             torch.cat([states, null]),
-            torch.cat([context, context]),
+            torch.cat([context, hint_free if self.config.guide_hints else context]),
         )
         v_c, v_u = v.chunk(2)
         return v_u + self.config.guidance_scale * (v_c - v_u)
@@ -277,8 +282,9 @@ class DistillRecipe(Recipe[DistillConfig]):
         return loss.item()
 
     # ------------------------------------------------------------------ step
-    def _batch(self, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(x0, condition states, context, frame mask) of one batch drawn from `gen` (conditions frozen)."""
+    def _batch(self, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(x0, condition states, context, frame mask, hint-free context) of one batch drawn from `gen`
+        (conditions frozen)."""
         assert self.cache is not None
         items = [
             build_item(
@@ -291,14 +297,14 @@ class DistillRecipe(Recipe[DistillConfig]):
         ]
         with torch.no_grad():
             batch = collate_items(self.teacher, items, self.text_states, self.cache.silence, self.device)
-        return batch.target, batch.encoder_hidden_states, batch.context, batch.frame_mask
+        return batch.target, batch.encoder_hidden_states, batch.context, batch.frame_mask, batch.hint_free_context
 
     @torch.no_grad()
     def evaluate(self, seed: int = 2**31 - 1, shift: float = 3.0, index: int = 4) -> dict[str, float]:
         """Fixed-draw diagnostics: the critic's flow loss on the student's current outputs and the DMD score
         gap `mean |x0_fake - x0_real|` (both fall as the critic tracks the student and the student nears the
         teacher)."""
-        x0, states, context, mask = self._batch(step_generator(seed, 0, _STREAM_BATCH))
+        x0, states, context, mask, hint_free = self._batch(step_generator(seed, 0, _STREAM_BATCH))
         gen = step_generator(seed, 0, _STREAM_DMD)
         schedule = turbo_timesteps(shift)
         x_t = self._student_input(x0, states, context, schedule, index, gen, False)
@@ -311,13 +317,13 @@ class DistillRecipe(Recipe[DistillConfig]):
         )
         t2 = sample_training_timesteps(x0.shape[0], generator=gen).to(x0)
         x_t2 = renoise(x0_hat, torch.randn(x0.shape, generator=gen).to(x0), t2)
-        x0_real = x0_from_velocity(x_t2, t2, self._teacher_velocity(x_t2, t2, states, context))
+        x0_real = x0_from_velocity(x_t2, t2, self._teacher_velocity(x_t2, t2, states, context, hint_free))
         x0_fake = x0_from_velocity(x_t2, t2, self.critic(x_t2, t2, t2, states, context))
         return {"critic": critic.mean().item(), "dmd_gap": (x0_fake - x0_real).abs().mean().item()}
 
     def train_step(self, step: int) -> dict[str, float]:
         cfg = self.config
-        x0, states, context, mask = self._batch(step_generator(cfg.seed, step, _STREAM_BATCH))
+        x0, states, context, mask, hint_free = self._batch(step_generator(cfg.seed, step, _STREAM_BATCH))
         draw = step_generator(cfg.seed, step, _STREAM_DMD)
         shift = cfg.shifts[int(torch.randint(len(cfg.shifts), (1,), generator=draw))]
         schedule = turbo_timesteps(shift)
@@ -334,7 +340,7 @@ class DistillRecipe(Recipe[DistillConfig]):
         noise2 = torch.randn(x0.shape, generator=draw).to(x0)
         with torch.no_grad():
             x_t2 = renoise(x0_hat.detach(), noise2, t2)
-            x0_real = x0_from_velocity(x_t2, t2, self._teacher_velocity(x_t2, t2, states, context))
+            x0_real = x0_from_velocity(x_t2, t2, self._teacher_velocity(x_t2, t2, states, context, hint_free))
             x0_fake = x0_from_velocity(x_t2, t2, self.critic(x_t2, t2, t2, states, context))
             # DMD normaliser: mean |x0_hat - x0_real| per item
             weight = 1.0 / (x0_hat.detach() - x0_real).abs().mean(dim=(1, 2), keepdim=True).clamp_min(1e-4)

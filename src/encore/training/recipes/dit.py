@@ -712,6 +712,9 @@ class Batch:
     encoder_hidden_states: Tensor
     frame_mask: Tensor
     tasks: list[str]
+    hint_free_context: Tensor
+    """`context` with every text2music item's beat/key hints replaced by the silence latent: what the same item
+    would get without hints, the null branch's context when guidance also covers the hints."""
 
 
 def collate_items(
@@ -731,6 +734,11 @@ def collate_items(
         src[cover] = hints.to(src.dtype)
     chunk = torch.stack([it.cond.chunk_mask for it in items]).to(device)
     context = torch.cat([src, chunk[..., None].expand_as(src)], dim=-1)
+    hinted = [i for i, it in enumerate(items) if it.task == "text2music" and it.cond.src_is_hints]
+    hint_free = context
+    if hinted:
+        hint_free = context.clone()
+        hint_free[hinted, :, : src.shape[2]] = silence[: src.shape[1]].to(device=device, dtype=src.dtype)
     text, text_mask = text_states("caption", [it.caption_prompt for it in items])
     lyric, lyric_mask = text_states("lyric", [it.lyric_prompt for it in items])
     refs = [None if it.reference is None else it.reference.to(device) for it in items]
@@ -741,6 +749,7 @@ def collate_items(
         encoder_hidden_states=states,
         frame_mask=torch.stack([it.frame_mask for it in items]).to(device),
         tasks=[it.task for it in items],
+        hint_free_context=hint_free,
     )
 
 
