@@ -188,7 +188,7 @@ def test_flow_anchor_is_the_students_flow_loss_on_the_real_batch(tmp_path: Path,
     recipe = DistillRecipe(_config(tmp_path, teacher, max_steps=1, flow_weight=0.5), cache=_cache())
     recipe.setup()
     cfg = recipe.config
-    x0, states, context, mask = recipe._batch(step_generator(cfg.seed, 0, _STREAM_BATCH))
+    x0, states, context, mask, _ = recipe._batch(step_generator(cfg.seed, 0, _STREAM_BATCH))
     draw = draw_flow(item_generators(cfg.seed, 0, range(x0.shape[0]), _STREAM_ANCHOR), x0.shape[1], x0.shape[2],
                      cfg_dropout=0.0)  # fmt: skip
     with torch.no_grad():
