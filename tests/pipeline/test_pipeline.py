@@ -420,3 +420,23 @@ def test_silence_timbre_is_cached_per_weights_and_changes_nothing(turbo: Pipelin
         with torch.no_grad():
             for p, value in zip(encoder.parameters(), saved, strict=True):
                 p.copy_(value)
+
+
+def test_base_sde_warns_when_its_renoise_times_miss_the_schedule(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The official base SDE renoises to 1 - (i+1)/N whatever the schedule: only shift 1 matches it."""
+    from helpers.tiny_pipeline import SILENCE_FRAMES, VAE_8K
+
+    from encore.models.config import AceStepConfig
+    from encore.pipeline.random_checkpoint import write_random_checkpoint
+
+    dit = write_random_checkpoint(tmp_path, config=AceStepConfig.tiny(is_turbo=False), vae_config=VAE_8K,
+                                  silence_frames=SILENCE_FRAMES, dit_dir="acestep-v15-base")  # fmt: skip
+    base = Pipeline.from_pretrained(dit, device="cpu")
+    with caplog.at_level("WARNING", logger="encore.pipeline.pipeline"):
+        for shift in (1.0, 3.0):
+            base.resolve_sampling(DiffusionOptions(num_steps=4, shift=shift, solver="sde"))
+            base.resolve_sampling(DiffusionOptions(num_steps=4, shift=shift, solver="ode"))
+    warned = [r.getMessage() for r in caplog.records if "renoises" in r.getMessage()]
+    assert len(warned) == 1 and "up to 0." in warned[0] and "shift 1" in warned[0]

@@ -346,9 +346,22 @@ class Pipeline:
                                                            device=self.device)
             num_steps = opts.num_steps
         guided = opts.guidance_scale > 1.0
+        if opts.solver == "sde":
+            self._warn_on_mismatched_renoise(timesteps, num_steps)
         return SamplingPlan(timesteps=timesteps, num_steps=num_steps, shift=opts.shift,
                             guidance_scale=opts.guidance_scale, guidance=(opts.guidance or "apg") if guided else None,
                             cfg_interval=opts.cfg_interval, solver=opts.solver, guide_hints=opts.guide_hints)
+
+    @staticmethod
+    def _warn_on_mismatched_renoise(timesteps: Tensor, num_steps: int) -> None:
+        """SPEC §9.4: the official base SDE renoises to the unshifted time 1 - (i+1)/N while the next step reads
+        the schedule's own time. Kept for parity, but the two differ for any shift but 1 (or a custom list)."""
+        renoise = torch.tensor(schedules.linear_renoise_times(num_steps), dtype=torch.float64)
+        gap = float((timesteps[1:].double().cpu() - renoise).abs().max())
+        if gap > 1e-3:
+            log.warning("base-model SDE renoises to the unshifted linear times, as the official code does, and this "
+                        "schedule is up to %.2f away from them; the embedded base collapses this way at shift 3 "
+                        "(docs/model-card.md, Recipe step 32). Use shift 1 with sde, or the ode solver.", gap)
 
     def _turbo_sampling(self, requested: DiffusionOptions, opts: DiffusionOptions) -> SamplingPlan:
         table_steps = len(schedules.TURBO_TIMESTEPS[1.0])
