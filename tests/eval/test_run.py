@@ -105,7 +105,8 @@ def test_parse_system_and_request() -> None:
     assert guided.guidance_scale == 4.0 and guided.solver is None
     sde = request_for(synth_prompt_set().prompts[0], parse_system("turbo-8:sde"), 0, None).diffusion
     assert sde.solver == "sde" and sde.num_steps == 8
-    plain = request_for(synth_prompt_set().prompts[0], parse_system("base-50:g4:no-guide-hints"), 0, None).diffusion
+    plain = request_for(synth_prompt_set().prompts[0], parse_system("base-50:g4:no-guide-hints"), 0, None)
+    plain = plain.diffusion
     assert plain.guide_hints is False and plain.guidance_scale == 4.0 and guided.guide_hints is True
     for bad in ("-3", "base-0", "base-x", "turbo-8@0.5", "turbo-8@x", "turbo@", "turbo-8:euler", "turbo-8:",
                 "base-50:g0.5", "base-50:g", "base-50:g4:sde", "base-50:no-guide-hints:g4"):
@@ -299,4 +300,5 @@ def test_sampling_of_records_guide_hints_only_where_it_acts() -> None:
     unhinted = SimpleNamespace(params={"request": {"diffusion": diffusion}})
     assert "guide_hints" not in sampling_of(unhinted)
     turbo = {**diffusion, "guidance": None, "guidance_scale": 1.0}
-    assert "guide_hints" not in sampling_of(SimpleNamespace(params={"request": {"diffusion": turbo}, "beat_hints": True}))
+    unguided = SimpleNamespace(params={"request": {"diffusion": turbo}, "beat_hints": True})
+    assert "guide_hints" not in sampling_of(unguided)

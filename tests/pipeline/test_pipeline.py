@@ -348,8 +348,9 @@ def test_a_model_trained_with_key_hints_gets_the_requested_key_in_its_hints(
 def test_guidance_also_covers_the_hints_unless_the_request_says_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A guided base with beat/key hints: the null branch gets the hint-free text2music context (silence under
-    the same chunk mask), so guidance amplifies the hints; `guide_hints=False` gives both branches the hints."""
+    """A guided base with beat/key hints: the null branch gets the hint-free text2music context (silence
+    under the same chunk mask), so guidance amplifies the hints; `guide_hints=False` gives both branches the
+    hints."""
     from helpers.tiny_pipeline import SILENCE_FRAMES, VAE_8K
 
     from encore.models.config import AceStepConfig
@@ -374,7 +375,8 @@ def test_guidance_also_covers_the_hints_unless_the_request_says_not(
         contexts.clear()
         diffusion = DiffusionOptions(num_steps=2, guidance_scale=3.0, guide_hints=guide)
         result = pipe.generate(_request(text=text, diffusion=diffusion))
-        assert result.params["key_hints"] is True and result.params["request"]["diffusion"]["guide_hints"] is guide
+        assert result.params["key_hints"] is True
+        assert result.params["request"]["diffusion"]["guide_hints"] is guide
         frames = result.params["num_frames"]
         cond, null = contexts[0].chunk(2)
         assert not torch.equal(cond[0, :, :channels], pipe.silence[:frames].to(cond.dtype))  # the hints

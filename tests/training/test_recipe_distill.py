@@ -224,10 +224,13 @@ def test_beat_hints_need_a_teacher_trained_with_them(tmp_path: Path, teacher: Pa
         keyless.setup()
 
 
-def test_guide_hints_gives_the_teachers_null_branch_the_hint_free_context(tmp_path: Path, teacher: Path) -> None:
+def test_guide_hints_gives_the_teachers_null_branch_the_hint_free_context(
+    tmp_path: Path, teacher: Path
+) -> None:
     contexts: list[torch.Tensor] = []
     for guide in (False, True):
-        recipe = DistillRecipe(_config(tmp_path / str(guide), teacher, max_steps=1, guide_hints=guide), cache=_cache())
+        config = _config(tmp_path / str(guide), teacher, max_steps=1, guide_hints=guide)
+        recipe = DistillRecipe(config, cache=_cache())
         recipe.setup()
 
         def spy(*args: object, real=recipe.teacher.decoder.forward, **kwargs: object) -> torch.Tensor:

@@ -75,12 +75,13 @@ def parse_system(text: str) -> SystemSpec:
     scale 4 and ``"base-50:no-guide-hints"`` → both guidance branches get the hints (sampler sweeps);
     ``"random"`` → floor."""
     number = r"\d+(?:\.\d+)?"
-    m = re.fullmatch(rf"([A-Za-z][\w.]*?)(?:-(\d+))?(?:@({number}))?(?::(ode|sde))?(?::g({number}))?(:no-guide-hints)?",
-                     text.strip())  # fmt: skip
+    pattern = (rf"([A-Za-z][\w.]*?)(?:-(\d+))?(?:@({number}))?(?::(ode|sde))?(?::g({number}))?"
+               r"(:no-guide-hints)?")
+    m = re.fullmatch(pattern, text.strip())
     if not m:
-        raise InvalidRequest("systems", f"expected VARIANT, VARIANT-STEPS or VARIANT-STEPS@SHIFT, optionally "
-                                        f"followed by :ode or :sde, then :gSCALE, then :no-guide-hints (e.g. "
-                                        f"base-50, turbo-8@2, turbo-8:sde, base-50:g4), got {text!r}")  # fmt: skip
+        raise InvalidRequest("systems", "expected VARIANT, VARIANT-STEPS or VARIANT-STEPS@SHIFT, optionally "
+                                        "followed by :ode or :sde, then :gSCALE, then :no-guide-hints (e.g. "
+                                        f"base-50, turbo-8@2, turbo-8:sde, base-50:g4), got {text!r}")
     steps = int(m.group(2)) if m.group(2) else None
     if steps is not None and not 1 <= steps <= 200:
         raise InvalidRequest("systems", f"steps must be 1-200, got {steps}")

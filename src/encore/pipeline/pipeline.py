@@ -354,14 +354,16 @@ class Pipeline:
 
     @staticmethod
     def _warn_on_mismatched_renoise(timesteps: Tensor, num_steps: int) -> None:
-        """SPEC §9.4: the official base SDE renoises to the unshifted time 1 - (i+1)/N while the next step reads
-        the schedule's own time. Kept for parity, but the two differ for any shift but 1 (or a custom list)."""
+        """SPEC §9.4: the official base SDE renoises to the unshifted time 1 - (i+1)/N while the next step
+        reads the schedule's own time. Kept for parity, but the two differ for any shift but 1 (or a custom
+        list)."""
         renoise = torch.tensor(schedules.linear_renoise_times(num_steps), dtype=torch.float64)
         gap = float((timesteps[1:].double().cpu() - renoise).abs().max())
         if gap > 1e-3:
-            log.warning("base-model SDE renoises to the unshifted linear times, as the official code does, and this "
-                        "schedule is up to %.2f away from them; the embedded base collapses this way at shift 3 "
-                        "(docs/model-card.md, Recipe step 32). Use shift 1 with sde, or the ode solver.", gap)
+            log.warning("base-model SDE renoises to the unshifted linear times, as the official code does, "
+                        "and this schedule is up to %.2f away from them; the embedded base collapses this "
+                        "way at shift 3 (docs/model-card.md, Recipe step 32). Use shift 1 with sde, or the "
+                        "ode solver.", gap)
 
     def _turbo_sampling(self, requested: DiffusionOptions, opts: DiffusionOptions) -> SamplingPlan:
         table_steps = len(schedules.TURBO_TIMESTEPS[1.0])
@@ -380,8 +382,8 @@ class Pipeline:
             shift = schedules.nearest_turbo_shift(opts.shift or 3.0)
             timesteps = schedules.turbo_timesteps(shift, dtype=self.dtype, device=self.device)
         return SamplingPlan(timesteps=timesteps, num_steps=int(timesteps.numel()), shift=float(shift),
-                            guidance_scale=1.0, guidance=None, cfg_interval=opts.cfg_interval, solver=opts.solver,
-                            guide_hints=opts.guide_hints)
+                            guidance_scale=1.0, guidance=None, cfg_interval=opts.cfg_interval,
+                            solver=opts.solver, guide_hints=opts.guide_hints)
 
     @staticmethod
     def _check_steps(num_steps: int | None, schedule_steps: int) -> None:

@@ -79,9 +79,9 @@ class DistillConfig(RecipeConfig):
     guidance_scale: float = 4.0
     """CFG scale of the teacher's real score (the student needs no CFG at inference)."""
     guide_hints: bool = False
-    """The teacher's null branch also drops the beat/key hints (silence context), so its guidance amplifies the
-    hints as well as the text, as the pipeline's base sampling does (`DiffusionOptions.guide_hints`). Off, both
-    branches see the hints (the sixth to ninth releases' turbos)."""
+    """The teacher's null branch also drops the beat/key hints (silence context), so its guidance amplifies
+    the hints as well as the text, as the pipeline's base sampling does (`DiffusionOptions.guide_hints`).
+    Off, both branches see the hints (the sixth to ninth releases' turbos)."""
     shifts: tuple[float, ...] = VALID_SHIFTS
     dmd_weight: float = 1.0
     dmd_min_t: float = 0.0
@@ -218,9 +218,11 @@ class DistillRecipe(Recipe[DistillConfig]):
         return {"dit_config": self.student.config.to_dict(), "teacher": self.config.teacher}
 
     # ------------------------------------------------------------------ pieces
-    def _teacher_velocity(self, x: Tensor, t: Tensor, states: Tensor, context: Tensor, hint_free: Tensor) -> Tensor:
-        """Teacher velocity with CFG (`v_u + g (v_c - v_u)`), cond and null in one batched call; the null branch
-        gets `hint_free` as its context with `guide_hints`."""
+    def _teacher_velocity(
+        self, x: Tensor, t: Tensor, states: Tensor, context: Tensor, hint_free: Tensor
+    ) -> Tensor:
+        """Teacher velocity with CFG (`v_u + g (v_c - v_u)`), cond and null in one batched call; the null
+        branch gets `hint_free` as its context with `guide_hints`."""
         null = self.teacher.null_condition(states)
         v = self.teacher.decoder(
             torch.cat([x, x]),
@@ -297,7 +299,8 @@ class DistillRecipe(Recipe[DistillConfig]):
         ]
         with torch.no_grad():
             batch = collate_items(self.teacher, items, self.text_states, self.cache.silence, self.device)
-        return batch.target, batch.encoder_hidden_states, batch.context, batch.frame_mask, batch.hint_free_context
+        return (batch.target, batch.encoder_hidden_states, batch.context, batch.frame_mask,
+                batch.hint_free_context)
 
     @torch.no_grad()
     def evaluate(self, seed: int = 2**31 - 1, shift: float = 3.0, index: int = 4) -> dict[str, float]:

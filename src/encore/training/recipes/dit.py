@@ -713,8 +713,8 @@ class Batch:
     frame_mask: Tensor
     tasks: list[str]
     hint_free_context: Tensor
-    """`context` with every text2music item's beat/key hints replaced by the silence latent: what the same item
-    would get without hints, the null branch's context when guidance also covers the hints."""
+    """`context` with every text2music item's beat/key hints replaced by the silence latent: what the same
+    item would get without hints, the null branch's context when guidance also covers the hints."""
 
 
 def collate_items(
