@@ -275,3 +275,27 @@ def test_console_script_runs(turbo: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "sample" in proc.stderr  # progress lines (stderr is not a terminal: one line per stage)
     assert sf.info(out).samplerate == 1000
+
+
+def test_vae_dtype_sets_the_vaes_precision_only(turbo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import torch
+
+    from encore.pipeline.pipeline import Pipeline
+
+    loaded: list[Pipeline] = []
+    real = Pipeline.from_pretrained.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type[Pipeline], *args: object, **kwargs: object) -> Pipeline:
+        loaded.append(real(cls, *args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(Pipeline, "from_pretrained", classmethod(spy))
+    for flag in ([], ["--vae-dtype", "bfloat16"]):
+        code, _, err = _run(capsys, "generate", "--checkpoint", turbo, "--duration", "1", "-o", tmp_path / "x.flac",
+                            "-q", *flag)  # fmt: skip
+        assert code == 0, err
+    plain, bf16 = loaded
+    assert next(plain.vae.parameters()).dtype == torch.float32
+    assert next(bf16.vae.parameters()).dtype == torch.bfloat16
+    assert next(bf16.model.parameters()).dtype == torch.float32

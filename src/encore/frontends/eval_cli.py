@@ -81,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="Model precision (default: auto).",
     )
     p.add_argument(
+        "--vae-dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="VAE precision of the model rows and the VAE round trip (default: --dtype).",
+    )
+    p.add_argument(
         "--write-prompts",
         type=Path,
         default=None,
@@ -111,7 +117,8 @@ def _factory(args: argparse.Namespace, checkpoint: str) -> Any:
         if variant == "random":
             return random_pipeline_like(checkpoint, args.out / "random-checkpoint", device=args.device,
                                         dtype=args.dtype)  # fmt: skip
-        pipeline = load_pipeline(checkpoint, variant=variant, device=args.device, dtype=args.dtype)
+        pipeline = load_pipeline(checkpoint, variant=variant, device=args.device, dtype=args.dtype,
+                                 vae_dtype=args.vae_dtype)
         loaded = pipeline.components.variant
         if variant in ("base", "turbo") and loaded.is_turbo != (variant == "turbo"):
             raise InvalidRequest("--systems", f"asked for {variant} but {checkpoint} loads {loaded.name}; pass the "
