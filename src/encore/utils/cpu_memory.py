@@ -138,6 +138,7 @@ def reused_heap() -> Iterator[bool]:
             if not _applied:
                 _applied = bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED) and libc.mallopt(_M_MMAP_MAX, 0))
                 if not _applied:
+                    _restore(libc)  # undo a half-applied pair
                     log.warning("glibc mallopt refused the heap settings; large blocks are mapped as usual")
         applied = _applied
         opened = _opened
