@@ -32,6 +32,7 @@ from encore.eval.frechet import frechet_between
 from encore.eval.probe import InstrumentProbe, ProbeConfig, load_probe, save_probe, train_probe
 from encore.eval.prompts import EvalPrompt, PromptSet
 from encore.eval.report import EvalReport, ItemResult, SystemMetrics, compare_systems, summarise
+from encore.pipeline.presets import SOLVERS
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,8 @@ def parse_system(text: str) -> SystemSpec:
     scale 4 and ``"base-50:no-guide-hints"`` → both guidance branches get the hints (sampler sweeps);
     ``"random"`` → floor."""
     number = r"\d+(?:\.\d+)?"
-    pattern = (rf"([A-Za-z][\w.]*?)(?:-(\d+))?(?:@({number}))?(?::(ode|sde))?(?::g({number}))?"
+    solvers = "|".join(SOLVERS)
+    pattern = (rf"([A-Za-z][\w.]*?)(?:-(\d+))?(?:@({number}))?(?::({solvers}))?(?::g({number}))?"
                r"(:no-guide-hints)?")
     m = re.fullmatch(pattern, text.strip())
     if not m:
