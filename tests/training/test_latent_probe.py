@@ -128,3 +128,113 @@ def test_round_trip_scores_what_survives_the_vae(monkeypatch: pytest.MonkeyPatch
     (tmp_path / "meta.json").write_text("{}")  # a latent cache has no VAE to decode with
     with pytest.raises(InvalidRequest, match="needs a VAE"):
         main([str(tmp_path), "corpus", "roundtrip=3"])
+
+
+# --------------------------------------------------------------------------- instruments
+
+CLASSES = ("bass", "drums", "keyboard")
+
+
+def test_set_accuracy_is_the_evals_instrument_accuracy() -> None:
+    """The array form agrees with the eval's per-item Jaccard (`encore.eval.report`), empty sets included."""
+    from encore.eval.report import ItemResult, _jaccard
+    from encore.training.latent_probe import set_accuracy
+
+    rng = np.random.default_rng(3)
+    probs, targets = rng.uniform(size=(40, 3)), (rng.uniform(size=(40, 3)) > 0.6).astype(np.float32)
+    probs[0], targets[0] = 0.1, 0.0  # nothing asked, nothing heard: counts as right
+    items = [ItemResult(prompt_id=str(i), bpm_target=120.0, bpm_estimate=None, tempo="none", key_target="C major",
+                        key_estimate=None, key="none", tracks_target=[c for c, t in zip(CLASSES, y) if t],
+                        probabilities=dict(zip(CLASSES, p.tolist())))
+             for i, (p, y) in enumerate(zip(probs, targets))]  # fmt: skip
+    assert set_accuracy(probs, targets) == pytest.approx(np.mean([_jaccard(i) for i in items]))
+    assert set_accuracy(targets, targets) == 1.0
+
+
+def _instrument_latents(seed: int, informative: bool) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    targets = (rng.uniform(size=(60, 3)) > 0.5).astype(np.float32)
+    latents = []
+    for y in targets:
+        z = rng.normal(size=(50, 8))
+        if informative:  # each instrument raises the spread of its own channel
+            z[:, :3] *= 1 + 2 * y
+        latents.append(z)
+    return latents, targets, np.arange(60) % 5 == 0
+
+
+def test_probe_instruments_reads_what_the_latents_carry() -> None:
+    from encore.training.latent_probe import latent_statistics, probe_instruments
+
+    assert latent_statistics(np.zeros((10, 4))).shape == (20,)
+    with pytest.raises(InvalidRequest, match="latents"):
+        latent_statistics(np.zeros((1, 4)))
+    _, carried = probe_instruments(*_instrument_latents(0, informative=True), CLASSES)
+    _, blind = probe_instruments(*_instrument_latents(0, informative=False), CLASSES)
+    assert (carried.train_clips, carried.test_clips, carried.classes) == (48, 12, CLASSES)
+    assert carried.held_out > 0.9 and blind.held_out < carried.held_out - 0.3
+    latents, targets, _ = _instrument_latents(0, informative=True)
+    with pytest.raises(InvalidRequest, match="held out"):
+        probe_instruments(latents, targets, np.zeros(60, dtype=bool), CLASSES)
+
+
+def test_decoded_instruments_scores_each_decoded_latent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each `[T, D]` latent goes through the tiled decode as `[1, D, T]`; the audio probe's reading is scored."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from encore.audio import tiling
+    from encore.training.latent_probe import decoded_instruments
+
+    seen = []
+
+    def decode(vae: object, z: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(z.shape))
+        return torch.zeros(1, 2, z.shape[-1] * HOP)
+
+    monkeypatch.setattr(tiling, "decode_tiled", decode)
+    vae = SimpleNamespace(config=SimpleNamespace(sampling_rate=RATE))
+    targets = np.array([[1, 0, 0], [0, 1, 1]], dtype=np.float32)
+
+    class Probe:
+        def __init__(self, probs: np.ndarray) -> None:
+            self.probs = probs
+
+        def predict(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            assert features.shape[0] == 2
+            return self.probs, features
+
+    latents = [np.zeros((25, 4)), np.zeros((30, 4))]
+    assert decoded_instruments(vae, latents, targets, Probe(targets)) == 1.0
+    assert seen == [(1, 4, 25), (1, 4, 30)]
+    assert decoded_instruments(vae, latents, targets, Probe(np.array([[0.9, 0, 0], [0, 0.9, 0]]))) == 0.75
+
+
+def test_cache_instruments_holds_out_the_evals_clips(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from encore.data import corpus
+    from encore.training.latent_probe import cache_instruments
+    from encore.training.recipes import dit
+
+    labels = [SimpleNamespace(clip_id=f"c{i}", index=i, tracks=["bass", "fx"] if i % 2 else []) for i in range(7)]
+    clips = [SimpleNamespace(clip_id=f"c{i}", mix=torch.full((5, 2), float(i))) for i in range(6, -1, -1)]
+    monkeypatch.setattr(corpus, "read_manifest", lambda folder: labels)
+    monkeypatch.setattr(dit.LatentCache, "load", classmethod(lambda cls, folder: SimpleNamespace(clips=clips)))
+    latents, targets, held = cache_instruments("cache", "corpus", CLASSES)
+    assert [float(z[0, 0]) for z in latents] == [6, 5, 4, 3, 2, 1, 0]
+    assert held.tolist() == [False, True, False, False, False, False, True]  # indices 5 and 0
+    assert targets[:, 0].tolist() == [0, 1, 0, 1, 0, 1, 0] and not targets[:, 1:].any()
+    labels.pop()
+    with pytest.raises(InvalidRequest, match="c6 of cache"):
+        cache_instruments("cache", "corpus", CLASSES)
+
+
+def test_instruments_usage_is_checked_before_any_work() -> None:
+    for args in (["instruments", "cache", "corpus"], ["instruments", "cache", "corpus", "probe=p", "bogus=1"],
+                 ["instruments", "cache", "corpus", "probe=p", "checkpoint=c"]):  # fmt: skip
+        with pytest.raises(InvalidRequest, match="usage"):
+            main(args)

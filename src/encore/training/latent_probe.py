@@ -13,6 +13,14 @@ every frame's detail itself (the shipped embedded VAE: 0.00 at lag 1).
 Run: `python -m encore.training.latent_probe <latent cache> <corpus> [max_clips=160]`; in place of the cache, a
 VAE (a training checkpoint, a finalized `vae/` folder or a released model) probes the latents it computes, and
 `roundtrip=N` also decodes the last N corpus mixes and scores their keys as `encore eval` does (`round_trip`).
+
+The same question for instruments (`probe_instruments`): the eval's instrument probe (`encore.eval.probe`), fitted
+on per-channel statistics of the cache's mix latents instead of log-mel statistics, on the clips the eval's
+probe trains on and scored on the ones it holds out. Set beside the eval's audio probe on the same latents
+decoded (`decoded_instruments`) and on what a DiT generates, it says whether instruments are lost in the
+latents, in the decoder, or by the generator. Run: `python -m encore.training.latent_probe instruments <latent
+cache> <corpus> probe=<the eval's probe.safetensors> [vae=<folder>,<folder>...] [checkpoint=<folder>
+prompts=<prompt set json>]`.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -205,8 +214,151 @@ def probe_cache(cache_dir: str | Path, corpus_dir: str | Path, *, max_clips: int
     return probe_pitch(*cache_clips(cache_dir, corpus_dir, max_clips))
 
 
+@dataclass(frozen=True)
+class InstrumentCeiling:
+    """What a probe of latent statistics reads of a cache's instruments."""
+
+    held_out: float
+    """Multi-label accuracy (Jaccard, as `encore eval` reports it) on the held-out clips."""
+    train_clips: int
+    test_clips: int
+    classes: tuple[str, ...]
+    """The classes the probe kept (those with enough positive clips)."""
+
+
+def latent_statistics(latents: np.ndarray) -> np.ndarray:
+    """`[T, D]` latents -> `[5 D]`: per channel the time mean, std, mean |frame delta| and 10th / 90th
+    percentiles (the latent counterpart of the eval probe's per-band log-mel statistics)."""
+    z = np.asarray(latents, dtype=np.float32)
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise InvalidRequest("latents", f"expected [T >= 2, D] latents, got shape {z.shape}")
+    delta = np.abs(np.diff(z, axis=0)).mean(axis=0)
+    return np.concatenate([z.mean(axis=0), z.std(axis=0), delta, *np.percentile(z, [10, 90], axis=0)])
+
+
+def set_accuracy(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over clips of |predicted ∩ asked| / |predicted ∪ asked| (1 when both are empty), predicted being
+    the probabilities above the eval's threshold: the eval's instrument accuracy on `[N, K]` arrays."""
+    from encore.eval.report import THRESHOLD
+
+    pred, asked = np.asarray(probabilities) > THRESHOLD, np.asarray(targets) > 0.5
+    union = (pred | asked).sum(axis=1)
+    return float(np.mean(np.where(union > 0, (pred & asked).sum(axis=1) / np.maximum(union, 1), 1.0)))
+
+
+def probe_instruments(latents: Sequence[np.ndarray], targets: np.ndarray, held_out: np.ndarray,
+                      classes: tuple[str, ...]) -> tuple[Any, InstrumentCeiling]:  # fmt: skip
+    """Fit the eval's probe on `latent_statistics` of the clips not `held_out` (`targets`: `[N, K]` 0/1 over
+    `classes`) and score it on the held-out ones. Returns the probe and its reading."""
+    from encore.eval.probe import train_probe
+
+    x = np.stack([latent_statistics(z) for z in latents])
+    y, held = np.asarray(targets, dtype=np.float32), np.asarray(held_out, dtype=bool)
+    if held.sum() < 1 or (~held).sum() < 2:
+        raise InvalidRequest("latents", f"need held-out clips and at least 2 to fit, got {held.sum()} held out "
+                                        f"of {len(held)}")  # fmt: skip
+    probe, _ = train_probe(x[~held], y[~held], classes)
+    keep = [classes.index(c) for c in probe.classes]
+    probs, _ = probe.predict(x[held])
+    ceiling = InstrumentCeiling(set_accuracy(probs, y[held][:, keep]), int((~held).sum()), int(held.sum()),
+                                tuple(probe.classes))  # fmt: skip
+    return probe, ceiling
+
+
+def decoded_instruments(vae: torch.nn.Module, latents: Sequence[np.ndarray], targets: np.ndarray,
+                        audio_probe: Any) -> float:  # fmt: skip
+    """The eval's instrument accuracy of `latents` (`[T, D]` each) decoded by `vae` (the pipeline's tiled
+    decode), read by `audio_probe` (an `InstrumentProbe` over `clip_features`) against `targets` (`[N, K]` over
+    the probe's classes)."""
+    from encore.audio.tiling import decode_tiled
+    from encore.eval.features import clip_features
+
+    rate = vae.config.sampling_rate
+    features = []
+    with torch.inference_mode():
+        for z in latents:
+            audio = decode_tiled(vae, torch.as_tensor(z, dtype=torch.float32).T[None])[0]
+            features.append(clip_features(audio.float().numpy(), rate))
+    probs, _ = audio_probe.predict(np.stack(features))
+    return set_accuracy(probs, targets)
+
+
+def cache_instruments(cache_dir: str | Path, corpus_dir: str | Path, classes: tuple[str, ...]
+                      ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:  # fmt: skip
+    """(mix latents, `[N, K]` stem targets over `classes`, held-out mask) of every clip of a latent cache, held
+    out as the eval's probe holds out corpus clips (index % `VALIDATION_EVERY` == 0)."""
+    from encore.data.corpus import read_manifest
+    from encore.eval.run import VALIDATION_EVERY
+    from encore.training.recipes.dit import LatentCache
+
+    labels = {lab.clip_id: lab for lab in read_manifest(corpus_dir)}
+    latents, targets, held = [], [], []
+    for clip in LatentCache.load(cache_dir).clips:
+        if clip.clip_id not in labels:
+            raise InvalidRequest("corpus", f"{clip.clip_id} of {cache_dir} is not in {corpus_dir}")
+        label = labels[clip.clip_id]
+        latents.append(clip.mix.numpy())
+        targets.append([float(c in label.tracks) for c in classes])
+        held.append(label.index % VALIDATION_EVERY == 0)
+    return latents, np.array(targets, dtype=np.float32), np.array(held)
+
+
+def _instruments_main(args: list[str]) -> int:
+    """`instruments <cache> <corpus> probe=... [vae=a,b] [checkpoint=... prompts=...]` (module docstring)."""
+    from encore.eval.probe import load_probe
+    from encore.training.recipes import vae as vae_recipe
+
+    opts = dict(a.split("=", 1) for a in args[2:] if "=" in a)
+    if len(args) < 2 or "probe" not in opts or set(opts) - {"probe", "vae", "checkpoint", "prompts"} or (
+        ("checkpoint" in opts) != ("prompts" in opts)
+    ):
+        raise InvalidRequest("latent_probe", "usage: latent_probe instruments <latent cache> <corpus> "
+                                             "probe=<probe.safetensors> [vae=<folder>,...] "
+                                             "[checkpoint=<folder> prompts=<prompt set>]")  # fmt: skip
+    audio_probe = load_probe(opts["probe"])
+    classes = tuple(audio_probe.classes)
+    latents, targets, held = cache_instruments(args[0], args[1], classes)
+    probe, ceiling = probe_instruments(latents, targets, held, classes)
+    keep = [classes.index(c) for c in ceiling.classes]
+    print(f"latent probe on {ceiling.test_clips} held-out cache clips ({ceiling.train_clips} fitted): "
+          f"instrument accuracy {ceiling.held_out:.1%}")
+    held_latents = [z for z, h in zip(latents, held) if h]
+    for folder in filter(None, opts.get("vae", "").split(",")):
+        vae = vae_recipe.load_vae_checkpoint(folder)[0].float().eval()
+        score = decoded_instruments(vae, held_latents, targets[held], audio_probe)
+        print(f"  decoded by {folder}: audio probe {score:.1%}")
+    if "checkpoint" in opts:
+        _generated_instruments(opts["checkpoint"], opts["prompts"], probe, keep, audio_probe)
+    return 0
+
+
+def _generated_instruments(checkpoint: str, prompts_path: str, probe: Any, keep: list[int],
+                           audio_probe: Any) -> None:  # fmt: skip
+    """Both probes on what the eval's base-50 and turbo-8 rows generate for the prompts (the eval's requests
+    and seeds: prompt k gets seed k)."""
+    import encore
+    from encore.eval.features import clip_features
+    from encore.eval.prompts import load_prompt_set
+    from encore.eval.run import DEFAULT_SYSTEMS, request_for
+
+    prompts = load_prompt_set(prompts_path).prompts
+    targets = np.array([[float(c in p.tracks) for c in audio_probe.classes] for p in prompts], dtype=np.float32)
+    for spec in DEFAULT_SYSTEMS[:2]:
+        pipe = encore.load_pipeline(checkpoint, variant=spec.variant)
+        stats, features = [], []
+        for k, prompt in enumerate(prompts):
+            result = pipe.generate(request_for(prompt, spec, k, None))
+            stats.append(latent_statistics(result.latents[0].float().numpy()))
+            features.append(clip_features(result.audio[0].float().numpy(), result.sample_rate))
+        in_latents = set_accuracy(probe.predict(np.stack(stats))[0], targets[:, keep])
+        in_audio = set_accuracy(audio_probe.predict(np.stack(features))[0], targets)
+        print(f"{spec.name} on {len(prompts)} prompts: latent probe {in_latents:.1%}, audio probe {in_audio:.1%}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["instruments"]:
+        return _instruments_main(args[1:])
     opts = dict(a.split("=", 1) for a in args[2:] if "=" in a)
     if len(args) < 2 or set(opts) - {"max_clips", "roundtrip"}:
         raise InvalidRequest("latent_probe", "usage: latent_probe <latent cache | VAE checkpoint> <corpus> "
