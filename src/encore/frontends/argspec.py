@@ -43,7 +43,7 @@ class OptionSpec:
     """Dotted request path, e.g. ``text.bpm``."""
     flags: tuple[str, ...]
     kind: str
-    """How the parsed value becomes JSON: ``scalar``, ``list``, ``lora`` or ``positional``."""
+    """How the parsed value becomes JSON: ``scalar``, ``list``, ``lora``, ``codes`` or ``positional``."""
 
 
 @functools.cache
@@ -178,6 +178,11 @@ def _add_field(
     if origin is Literal:
         parser.add_argument(*flags, choices=list(args), help=_help(doc, f), **common)
         return OptionSpec(full, flags, "scalar")
+    if full == "audio_codes":  # long: also as the planner's token text, or from a file
+        parser.add_argument(*flags, nargs="+", metavar="CODES",
+                            help=_help(doc, f, "Integers (space- or comma-separated), <|audio_code_N|> tokens, or "
+                                                "@FILE holding either."), **common)  # fmt: skip
+        return OptionSpec(full, flags, "codes")
     if origin is tuple:
         item = args[0]
         if dataclasses.is_dataclass(item) and item.__name__ == "LoraSpec":
@@ -243,6 +248,24 @@ def _parse_lora(text: str) -> dict[str, Any]:
     return {"path": text}
 
 
+def _parse_codes(raw: list[str]) -> tuple[int, ...]:
+    """`--audio-codes` values: code text, or @FILE (read here) holding it."""
+    from pathlib import Path
+
+    from encore.errors import InvalidRequest
+    from encore.pipeline.request import parse_audio_codes
+
+    texts = []
+    for value in raw:
+        if value.startswith("@"):
+            try:
+                value = Path(value[1:]).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InvalidRequest("audio_codes", f"cannot read {value[1:]}: {exc}") from None
+        texts.append(value)
+    return parse_audio_codes(" ".join(texts))
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -263,6 +286,8 @@ def collect_request_dict(namespace: argparse.Namespace, specs: list[OptionSpec])
             value: Any = [v for chunk in raw for v in chunk]
         elif spec.kind == "lora":
             value = [_parse_lora(v) for v in raw]
+        elif spec.kind == "codes":
+            value = list(_parse_codes(raw))
         else:
             value = raw
         node = out

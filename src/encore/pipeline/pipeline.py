@@ -27,6 +27,7 @@ from encore.errors import Cancelled, InvalidRequest
 from encore.models.dit import CrossKVCache
 from encore.pipeline import adapters, postprocess
 from encore.pipeline.request import (
+    AUDIO_CODES_PER_S,
     MAX_SEED,
     CancelToken,
     DiffusionOptions,
@@ -268,13 +269,20 @@ class Pipeline:
         if thinking and not isinstance(request.task, Text2Music):
             raise InvalidRequest("planner.think", "the planner writes audio codes for text2music only; the other "
                                                   "tasks take their structure from the source audio")
+        if request.audio_codes is not None:
+            if thinking:
+                raise InvalidRequest("audio_codes", "planner.think writes its own audio codes; give codes or think")
+            if not isinstance(request.task, (Text2Music, Cover)):
+                raise InvalidRequest("audio_codes", "audio codes apply to text2music and cover only")
         variant = self.components.variant
         if isinstance(request.task, BASE_ONLY_TASKS) and (variant.is_turbo or "sft" in variant.name):
             raise InvalidRequest("task", f"{kind_of(request.task)} needs a base model; the {variant.name} model was "
                                          "trained for text2music, cover, repaint and extend only")
         if isinstance(request.task, Text2Music) and request.text.duration_s is None and not thinking:
-            request = dataclasses.replace(
-                request, text=dataclasses.replace(request.text, duration_s=DEFAULT_DURATION_S))
+            # Given codes set the length, as the planner's do; else the default.
+            codes = request.audio_codes
+            duration = DEFAULT_DURATION_S if codes is None else len(codes) / AUDIO_CODES_PER_S
+            request = dataclasses.replace(request, text=dataclasses.replace(request.text, duration_s=duration))
         prompts.validate_language(request.text.language)
         sampling = self.resolve_sampling(request.diffusion)
         # Last check of this stage: every adapter file is read and matched to the DiT before any sampling.
@@ -515,7 +523,12 @@ class Pipeline:
                 num_frames = tc.frames_for_duration(run.text.duration_s, self.hop_samples, self.sample_rate)
             if source_latents is not None:
                 self._check_window(task, source_latents.shape[0])
-            conds = [self._build(run, task, source_latents, hints=None, num_frames=num_frames)]
+            hints = None
+            if run.request.audio_codes is not None:
+                hints = self.codes_to_hints(run.request.audio_codes)
+                if num_frames is not None:  # padded with silence or cropped to the duration (SPEC §10)
+                    hints = tc.fit_frames(hints, num_frames, self.silence, allow_crop=True)
+            conds = [self._build(run, task, source_latents, hints=hints, num_frames=num_frames)]
         cond = conds[0]
         run.params.update(num_frames=cond.num_frames, instruction=cond.instruction,
                           region_frames=list(cond.region) if cond.region else None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -45,6 +46,10 @@ DURATION_RANGE_S = (1.0, 600.0)
 MAX_BATCH = 8
 MAX_STEPS = 200
 MAX_SEED = 2**32 - 1
+NUM_AUDIO_CODES = 64_000
+"""5 Hz audio codes are FSQ indices 0 … 63 999 (SPEC §7.1)."""
+AUDIO_CODES_PER_S = 5
+_CODE_TOKEN = re.compile(r"<\|audio_code_(-?\d+)\|>")
 PLANNER_FIELDS = ("bpm", "caption", "duration", "keyscale", "language", "timesignature")
 
 
@@ -210,10 +215,17 @@ class GenerationRequest:
     seeds: tuple[int, ...] | None = None
     """One seed per item (or one seed, expanded as seed+i). None draws random seeds, recorded in the result."""
     loras: tuple[LoraSpec, ...] = ()
+    audio_codes: tuple[int, ...] | None = None
+    """5 Hz audio codes (0-63 999; a plan's, or a song's from `encore understand`) that the DiT renders as
+    the song's structure, as it renders the planner's (SPEC §12.5): text2music (whose length they set when no
+    duration is given) and cover (in place of the source's own codes). `parse_audio_codes` reads the
+    `<|audio_code_N|>` text form."""
 
     def __post_init__(self) -> None:
         if type(self.task) not in _KIND_OF:
             raise InvalidRequest("task", f"unknown task type {type(self.task).__name__}")
+        if self.audio_codes is not None:
+            _check_audio_codes(self.audio_codes)
         if not (1 <= self.batch_size <= MAX_BATCH):
             raise InvalidRequest("batch_size", f"must be between 1 and {MAX_BATCH}, got {self.batch_size}")
         if self.seeds is not None:
@@ -260,6 +272,39 @@ class CancelToken(Protocol):
 # --------------------------------------------------------------------------------------------
 # Wire format: plain JSON-able dicts <-> typed request, with field-path errors.
 # --------------------------------------------------------------------------------------------
+
+
+def _check_audio_codes(codes: tuple[int, ...]) -> None:
+    shortest, longest = (int(s * AUDIO_CODES_PER_S) for s in DURATION_RANGE_S)
+    if not shortest <= len(codes) <= longest:
+        raise InvalidRequest("audio_codes", f"give {shortest} to {longest} codes ({DURATION_RANGE_S[0]:g}-"
+                                            f"{DURATION_RANGE_S[1]:g} s at {AUDIO_CODES_PER_S} per second), "
+                                            f"got {len(codes)}")  # fmt: skip
+    for i, code in enumerate(codes):
+        if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code < NUM_AUDIO_CODES:
+            raise InvalidRequest(f"audio_codes[{i}]", f"codes are integers 0-{NUM_AUDIO_CODES - 1}, got {code!r}")
+
+
+def parse_audio_codes(text: str, field_name: str = "audio_codes") -> tuple[int, ...]:
+    """Audio codes from text: `<|audio_code_N|>` tokens (the planner's output and the official
+    `audio_code_string`), or integers separated by commas or whitespace.
+
+    Raises:
+        InvalidRequest: `field_name`, when the text holds anything else, or no code.
+    """
+    body = text.strip()
+    if "<|" in body:
+        codes = [int(m) for m in _CODE_TOKEN.findall(body)]
+        rest = re.sub(r"[\s,]+", " ", _CODE_TOKEN.sub(" ", body)).strip()
+    else:
+        parts = [p for p in re.split(r"[\s,]+", body) if p]
+        codes = [int(p) for p in parts if re.fullmatch(r"-?\d+", p)]
+        rest = " ".join(p for p in parts if not re.fullmatch(r"-?\d+", p))
+    if rest:
+        raise InvalidRequest(field_name, f"expected <|audio_code_N|> tokens or integers, found {rest[:40]!r}")
+    if not codes:
+        raise InvalidRequest(field_name, "no audio codes given")
+    return tuple(codes)
 
 
 def request_to_dict(obj: Any) -> Any:

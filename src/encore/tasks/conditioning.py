@@ -191,7 +191,7 @@ def _silence(silence: Tensor, start: int, end: int) -> Tensor:
     return silence[start:end]
 
 
-def _fit(latents: Tensor, num_frames: int, silence: Tensor, *, allow_crop: bool) -> Tensor:
+def fit_frames(latents: Tensor, num_frames: int, silence: Tensor, *, allow_crop: bool) -> Tensor:
     """Crop or right-pad `latents` to `num_frames` with the matching silence frames (official padding)."""
     length = latents.shape[0]
     if length > num_frames:
@@ -207,7 +207,7 @@ def _full_span(
     content: Tensor, silence: Tensor, num_frames: int | None, mask_value: float, *, allow_crop: bool
 ) -> tuple[Tensor, Tensor, int]:
     frames = content.shape[0] if num_frames is None else num_frames
-    src = _fit(content, frames, silence, allow_crop=allow_crop)
+    src = fit_frames(content, frames, silence, allow_crop=allow_crop)
     mask = torch.full((frames,), float(mask_value), dtype=torch.float32, device=silence.device)
     return src, mask, min(content.shape[0], frames)
 
@@ -226,7 +226,7 @@ def _windowed(
 ) -> tuple[Tensor, Tensor, Tensor, tuple[int, int]]:
     """Place `window` on the sampled grid; returns (src, chunk mask, clean source, clamped region)."""
     frames = window.shape[0] if num_frames is None else num_frames
-    clean = _fit(window, frames, silence, allow_crop=False)
+    clean = fit_frames(window, frames, silence, allow_crop=False)
     mask, start, end = _region_mask(start, end, frames, silence.device)
     src = clean
     if silence_region:

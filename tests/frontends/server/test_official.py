@@ -100,6 +100,8 @@ def test_release_multipart_upload(server: InProcessServer) -> None:
     ({"prompt": "x", "task_type": "dance"}, "task_type"),
     ({"prompt": "x", "audio_duration": 601}, "audio_duration"),
     ({"prompt": "x", "key_scale": "H major"}, "keyscale"),
+    ({"prompt": "x", "audio_code_string": "<|audio_code_1|> and words"}, "audio_code_string"),
+    ({"prompt": "x", "audio_code_string": "<|audio_code_64000|>" * 5}, "audio_codes"),
 ])
 def test_release_validation(server: InProcessServer, body: dict, field: str) -> None:
     r = server.client.post("/release_task", json=body)

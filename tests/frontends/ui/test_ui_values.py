@@ -50,6 +50,16 @@ def test_task_fields_and_uploads() -> None:
     assert out["planner"] == {"think": True, "temperature": 0.5}
 
 
+def test_audio_codes_box_takes_integers_or_planner_text() -> None:
+    from encore.frontends.ui.app import UiError
+
+    assert _build({"audio_codes": "1, 2 3,4 5"})["audio_codes"] == [1, 2, 3, 4, 5]
+    assert _build({"audio_codes": "<|audio_code_9|>" * 5})["audio_codes"] == [9] * 5
+    assert "audio_codes" not in _build({"audio_codes": ""})
+    with pytest.raises(UiError, match="audio codes"):
+        _build({"audio_codes": "1, 2, many"})
+
+
 def test_bad_seeds_are_reported() -> None:
     from encore.frontends.ui.app import UiError
 

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from encore.errors import InvalidRequest
 from encore.frontends.server import schemas
 from encore.frontends.server.auth import strict_json_loads
 from encore.frontends.server.schemas import (
@@ -32,7 +33,7 @@ from encore.frontends.server.schemas import (
     WAIT_RESPONSES,
 )
 from encore.frontends.server.service import ApiError, JobService, field_error, owner
-from encore.pipeline.request import PLANNER_FIELDS
+from encore.pipeline.request import PLANNER_FIELDS, parse_audio_codes
 
 TASK_TYPES = ("text2music", "cover", "repaint", "lego", "extract", "complete", "extend")
 SRC_AUDIO_TASKS = frozenset({"cover", "repaint", "lego", "extract", "complete", "extend"})
@@ -247,8 +248,6 @@ def release_to_request(body: ReleaseTaskBody, model_name: str) -> tuple[dict[str
         "is_format_caption", "allow_lm_batch", "instruction") if getattr(body, name) not in (None, "")]
     if body.model not in (None, "", model_name):
         raise field_error(("body", "model"), f"unknown model {body.model!r}; see GET /v1/models")
-    if body.audio_code_string:
-        raise field_error(("body", "audio_code_string"), "audio codes are not supported by this server")
     metas = body.metas or {}
     text = _drop_none({
         "caption": body.prompt,
@@ -274,6 +273,9 @@ def release_to_request(body: ReleaseTaskBody, model_name: str) -> tuple[dict[str
                             "batch_size": body.batch_size or 2, "output": {"format": body.audio_format or "mp3"}}
     if body.reference_audio_path:
         data["reference_audio"] = body.reference_audio_path
+    codes = _audio_codes(body.audio_code_string)
+    if codes is not None:
+        data["audio_codes"] = list(codes)
     seeds = _seeds(body)
     if seeds is not None:
         data["seeds"] = seeds
@@ -290,6 +292,21 @@ def release_to_request(body: ReleaseTaskBody, model_name: str) -> tuple[dict[str
     elif body.use_format:
         prelude = {"format": True}
     return data, prelude, warnings
+
+
+def _audio_codes(value: str | list[str] | None) -> tuple[int, ...] | None:
+    """`audio_code_string`: one code text, or a list of them (per batch item officially; one shared here)."""
+    texts = [value] if isinstance(value, str) else [v for v in value or () if v]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        return None
+    if len(set(texts)) > 1:
+        raise field_error(("body", "audio_code_string"), "different codes per batch item are not supported; give "
+                                                         "one code string for the batch")  # fmt: skip
+    try:
+        return parse_audio_codes(texts[0], "audio_code_string")
+    except InvalidRequest as exc:
+        raise field_error(("body", "audio_code_string"), exc.message) from None
 
 
 def _task(body: ReleaseTaskBody) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from encore.errors import InvalidRequest
 from encore.pipeline import request as rq
 from encore.tasks.spec import TRACK_NAMES
 
@@ -135,6 +136,13 @@ def _seeds(text: str) -> list[int] | None:
         raise UiError("seeds: give whole numbers separated by commas") from None
 
 
+def _codes(text: str) -> list[int]:
+    try:
+        return list(rq.parse_audio_codes(str(text)))
+    except InvalidRequest as exc:
+        raise UiError(f"audio codes: {exc.message}") from None
+
+
 def request_from_values(values: dict[str, Any], upload: Callable[[str], str]) -> dict[str, Any]:
     """Build the `/v1/jobs` generate body from UI values keyed by request path. Blank values are left out
     (the server's dataclass defaults apply); audio file paths are uploaded and replaced by upload ids."""
@@ -154,6 +162,8 @@ def request_from_values(values: dict[str, Any], upload: Callable[[str], str]) ->
             request["reference_audio"] = upload(value)
         elif head == "seeds":
             request["seeds"] = _seeds(value)
+        elif head == "audio_codes":
+            request["audio_codes"] = _codes(value)
         elif head == "batch_size":
             request["batch_size"] = int(value)
         elif head == "planner":
@@ -249,6 +259,9 @@ def _components(gr: Any) -> dict[str, Any]:
             with gr.Row():
                 c["task.source"] = gr.Audio(type="filepath", sources=["upload"], label="Source audio (edit tasks)")
                 c["reference_audio"] = gr.Audio(type="filepath", sources=["upload"], label="Reference audio (style)")
+            c["audio_codes"] = gr.Textbox(value="", lines=2, max_length=65536,
+                                          label="Audio codes (5 Hz; integers or <|audio_code_N|> text from a plan or "
+                                                "`encore understand`; text2music and cover; empty = none)")
             with gr.Row():
                 c["task.cover_strength"] = gr.Slider(0, 1, value=d("task.cover:cover_strength"), label="Cover strength")
                 c["task.start_s"] = gr.Number(value=d("task.repaint:start_s"), label="Start (s)")
