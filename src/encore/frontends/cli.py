@@ -27,6 +27,7 @@ log = logging.getLogger("encore.cli")
 
 COMMAND_GROUPS: tuple[str, ...] = (
     "encore.frontends.cli:register_tasks",
+    "encore.frontends.batch_cli:register",
     "encore.frontends.cli_tools:register",
     "encore.frontends.server.cli:register",
     "encore.frontends.ui.cli:register",
