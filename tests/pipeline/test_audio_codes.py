@@ -146,3 +146,13 @@ def test_cover_renders_the_codes_in_place_of_the_source(turbo: Pipeline, tmp_pat
     coded = turbo.generate(GenerationRequest(task=Cover(source=str(song)), text=TEXT, seeds=(9,), audio_codes=CODES))
     assert own.audio.shape[-1] == 3200 and coded.audio.shape[-1] == 2 * RATE  # the codes' length, as officially
     assert coded.params["instruction"] == COVER_INSTRUCTION
+
+
+def test_cover_needs_a_source_only_without_codes(turbo: Pipeline) -> None:
+    from encore.tasks.spec import Cover
+
+    coded = turbo.generate(GenerationRequest(task=Cover(), text=TEXT, seeds=(9,), audio_codes=CODES))
+    assert coded.audio.shape[-1] == 2 * RATE
+    with pytest.raises(InvalidRequest) as info:
+        turbo.generate(GenerationRequest(task=Cover(), text=TEXT, seeds=(9,)))
+    assert info.value.field == "task.source"

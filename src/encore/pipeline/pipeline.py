@@ -451,8 +451,10 @@ class Pipeline:
     # ----------------------------------------------------------------------------- stage 1: audio in
     def _load_inputs(self, request: GenerationRequest) -> _Inputs:
         source_path = getattr(request.task, "source", None)
-        if not isinstance(request.task, Text2Music) and source_path is None:
-            raise InvalidRequest("task.source", f"{kind_of(request.task)} needs a source audio file")
+        codes_cover = isinstance(request.task, Cover) and request.audio_codes is not None
+        if not isinstance(request.task, Text2Music) and source_path is None and not codes_cover:
+            raise InvalidRequest("task.source", f"{kind_of(request.task)} needs a source audio file"
+                                 + (" or audio codes" if isinstance(request.task, Cover) else ""))
         inputs = _Inputs()
         if source_path is not None:
             inputs.source = self.load_audio(source_path)
@@ -551,7 +553,8 @@ class Pipeline:
                num_frames: int | None) -> tc.Conditioning:
         needed = num_frames if num_frames is not None else tc.content_frames(
             task, num_source_frames=None if source_latents is None else source_latents.shape[0],
-            sample_rate=self.sample_rate, hop_samples=self.hop_samples)
+            sample_rate=self.sample_rate, hop_samples=self.hop_samples,
+            num_hint_frames=None if hints is None else hints.shape[0])
         if needed > self.silence.shape[0]:
             raise InvalidRequest("text.duration_s" if num_frames is not None else "task",
                                  f"{needed} latent frames exceed the checkpoint's silence latent "
