@@ -276,6 +276,42 @@ def test_metrics_and_list(server: InProcessServer) -> None:
     assert len(server.client.get("/v1/jobs", params={"limit": 5}).json()["jobs"]) == 1
 
 
+def test_metrics_job_seconds_histogram_by_task(server: InProcessServer) -> None:
+    """Succeeded jobs' run times per task kind, as a cumulative Prometheus histogram."""
+    server.wait(submit(server, {})["id"])
+    server.wait(submit(server, {"task": {"kind": "text2music"}, "seeds": [2]})["id"])
+    text = server.client.get("/metrics").text
+    seconds = server.store.job_seconds()
+    assert list(seconds) == ["text2music"] and len(seconds["text2music"]) == 2
+    lines = [ln for ln in text.splitlines() if ln.startswith('encore_job_seconds_bucket{task="text2music"')]
+    counts = [int(ln.rsplit(" ", 1)[1]) for ln in lines]
+    assert len(lines) == 11 and lines[-1].endswith('le="+Inf"} 2') and counts == sorted(counts)
+    assert 'encore_job_seconds_count{task="text2music"} 2' in text
+    assert "# TYPE encore_job_seconds histogram" in text and "encore_event_loop_lag_seconds " in text
+
+
+def test_event_loop_lag_is_measured() -> None:
+    """A handler that blocks the loop shows up as lag; the watcher stops when cancelled."""
+    import asyncio
+
+    from encore.frontends.server.service import JobService
+
+    service = JobService.__new__(JobService)
+    service.loop_lag_s = service.loop_lag_max_s = 0.0
+
+    async def scenario() -> None:
+        watcher = asyncio.create_task(service.watch_event_loop(period_s=0.02))
+        await asyncio.sleep(0.05)
+        time.sleep(0.15)  # noqa: ASYNC251 - the blocking call whose lag is measured
+        await asyncio.sleep(0.05)
+        watcher.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
+
+    asyncio.run(scenario())
+    assert 0.1 <= service.loop_lag_max_s < 1.0
+
+
 def test_internal_route_error_is_opaque(server: InProcessServer, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*a: object, **k: object) -> None:
         raise RuntimeError("secret /etc/shadow detail")

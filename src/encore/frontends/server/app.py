@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, Path, Query, Request
@@ -41,7 +43,15 @@ def create_app(settings: ServerSettings, store: SQLiteJobStore | None = None) ->
     """Build the API app over `store` (default: the SQLite store in `settings.data_dir`)."""
     store = store or SQLiteJobStore(settings.db_path)
     service = JobService(settings, store)
-    app = FastAPI(title="Encore API", version=__version__,
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(service.watch_event_loop())  # /metrics reports the loop's lag
+        try:
+            yield
+        finally:
+            watcher.cancel()
+
+    app = FastAPI(title="Encore API", version=__version__, lifespan=lifespan,
                   description="Music generation jobs (own `/v1` API) plus ACE-Step 1.5 compatible routes.")
     app.state.service = service
     app.state.settings = settings

@@ -47,6 +47,9 @@ AUDIO_FORMATS = {"WAV": "wav", "WAVEX": "wav", "FLAC": "flac", "OGG": "ogg", "MP
                  "RF64": "wav", "W64": "wav", "CAF": "caf"}
 MEDIA_TYPES = {"flac": "audio/flac", "wav": "audio/wav", "mp3": "audio/mpeg", "ogg": "audio/ogg"}
 DEFAULT_JOB_SECONDS = 30.0
+JOB_SECONDS_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+"""Upper bounds (s) of the `encore_job_seconds` histogram: a turbo clip on a GPU to a long base song on a CPU."""
+LOOP_LAG_PERIOD_S = 0.25
 MIN_UPLOAD_SECONDS = 0.01
 
 
@@ -145,6 +148,9 @@ class JobService:
         self._buckets: dict[str, tuple[float, float]] = {}
         self._lock = threading.Lock()
         self.started = time.time()
+        self.loop_lag_s = 0.0
+        """How late the event loop's last timer fired (`watch_event_loop`); a blocked loop delays every request."""
+        self.loop_lag_max_s = 0.0
 
     # ------------------------------------------------------------------ admission
     def retry_after(self) -> int:
@@ -383,6 +389,14 @@ class JobService:
                 modes.update(w.modes)
         return modes
 
+    async def watch_event_loop(self, period_s: float = LOOP_LAG_PERIOD_S) -> None:
+        """Measure the event loop's lag until cancelled: how much later than asked each `period_s` sleep ends."""
+        while True:
+            start = time.monotonic()
+            await asyncio.sleep(period_s)
+            self.loop_lag_s = max(0.0, time.monotonic() - start - period_s)
+            self.loop_lag_max_s = max(self.loop_lag_max_s, self.loop_lag_s)
+
     def metrics(self) -> str:
         """Prometheus text exposition."""
         counts = self.store.counts()
@@ -402,7 +416,22 @@ class JobService:
         avg = self.store.avg_job_seconds()
         if avg is not None:
             lines += ["# TYPE encore_job_seconds_avg gauge", f"encore_job_seconds_avg {avg:.3f}"]
+        lines += ["# TYPE encore_event_loop_lag_seconds gauge", f"encore_event_loop_lag_seconds {self.loop_lag_s:.4f}",
+                  "# TYPE encore_event_loop_lag_seconds_max gauge",
+                  f"encore_event_loop_lag_seconds_max {self.loop_lag_max_s:.4f}"]
+        lines += histogram_lines("encore_job_seconds", "task", self.store.job_seconds(), JOB_SECONDS_BUCKETS)
         return "\n".join(lines) + "\n"
+
+
+def histogram_lines(name: str, label: str, samples: dict[str, list[float]], buckets: tuple[float, ...]) -> list[str]:
+    """Prometheus histogram text of `samples` per label value: cumulative buckets, +Inf, sum and count."""
+    lines = [f"# TYPE {name} histogram"]
+    for value, xs in sorted(samples.items()):
+        tag = f'{label}="{value}"'
+        lines += [f'{name}_bucket{{{tag},le="{b:g}"}} {sum(1 for x in xs if x <= b)}' for b in buckets]
+        lines += [f'{name}_bucket{{{tag},le="+Inf"}} {len(xs)}', f"{name}_sum{{{tag}}} {sum(xs):.3f}",
+                  f"{name}_count{{{tag}}} {len(xs)}"]
+    return lines
 
 
 def display_name(filename: str | None) -> str:

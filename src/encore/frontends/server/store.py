@@ -407,6 +407,18 @@ class SQLiteJobStore:
         vals = [r[0] for r in rows if r[0] is not None and r[0] >= 0]
         return sum(vals) / len(vals) if vals else None
 
+    def job_seconds(self) -> dict[str, list[float]]:
+        """Run times of the succeeded jobs the store holds, by task (the request's task kind for generate
+        jobs, else the mode: format, sample, understand)."""
+        rows = self._conn().execute(
+            "SELECT mode, json_extract(payload, '$.request.task.kind'), finished_at - started_at FROM jobs"
+            " WHERE state='succeeded' AND started_at IS NOT NULL AND finished_at IS NOT NULL").fetchall()
+        out: dict[str, list[float]] = {}
+        for mode, kind, seconds in rows:
+            if seconds is not None and seconds >= 0:
+                out.setdefault(kind if mode == "generate" and isinstance(kind, str) else mode, []).append(seconds)
+        return out
+
     # ------------------------------------------------------------------ jobs: worker side
     def lease(self, worker_id: str, modes: tuple[str, ...], lease_s: float) -> Job | None:
         """Take the oldest queued job whose mode is in `modes`; the attempt counter goes up by one."""
