@@ -136,6 +136,18 @@ def test_idempotency_key(server: InProcessServer) -> None:
     assert c.status_code == 422 and c.json()["code"] == "idempotency_conflict"
 
 
+def test_per_client_active_cap_429(tmp_path: Path) -> None:
+    srv = InProcessServer(fast_settings(tmp_path, max_active_per_client=2), start_worker=False)
+    try:
+        for _ in range(2):
+            submit(srv, {})
+        r = srv.client.post("/v1/jobs", json={"request": {}})
+        assert r.status_code == 429 and r.json()["code"] == "too_many_active_jobs"
+        assert int(r.headers["Retry-After"]) >= 1 and srv.store.counts()["queued"] == 2
+    finally:
+        srv.close()
+
+
 def test_queue_full_429_with_retry_after_and_no_ghost(tmp_path: Path) -> None:
     srv = InProcessServer(fast_settings(tmp_path, queue_max=3), start_worker=False)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from encore.frontends.server.store import IdempotencyConflict, QueueFull, SQLiteJobStore
+from encore.frontends.server.store import ClientBusy, IdempotencyConflict, QueueFull, SQLiteJobStore
 
 
 @pytest.fixture
@@ -106,6 +106,25 @@ def test_bounded_queue_leaves_no_record(store: SQLiteJobStore) -> None:
     with pytest.raises(QueueFull):
         store.submit("generate", {}, owner="o", max_queued=3)
     assert store.counts()["queued"] == 3 and len(store.list_jobs(limit=100)) == 3
+
+
+def test_per_owner_cap_counts_queued_and_running_jobs(store: SQLiteJobStore) -> None:
+    """An owner at its cap is refused with no record; running jobs count, finished ones and other owners do
+    not, and an idempotent replay still returns its job."""
+    first, _ = store.submit("generate", {}, owner="a", max_active=2, idempotency_key="k", body_hash="h")
+    store.submit("generate", {}, owner="a", max_active=2)
+    with pytest.raises(ClientBusy) as info:
+        store.submit("generate", {}, owner="a", max_active=2)
+    assert info.value.active == 2 and len(store.list_jobs(owner="a")) == 2
+    assert store.submit("generate", {}, owner="a", max_active=2, idempotency_key="k", body_hash="h")[0].id == first.id
+    store.submit("generate", {}, owner="b", max_active=2)
+    leased = store.lease("w", ("generate",), lease_s=10)
+    assert leased is not None and leased.owner == "a"
+    with pytest.raises(ClientBusy):  # one running + one queued
+        store.submit("generate", {}, owner="a", max_active=2)
+    assert store.complete(leased.id, "w", leased.attempts, {})
+    store.submit("generate", {}, owner="a", max_active=2)
+    assert store.counts()["queued"] == 3
 
 
 def test_idempotency(store: SQLiteJobStore) -> None:

@@ -57,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--allowed-host", action="append", default=[], help="Extra accepted Host header name.")
     p.add_argument("--lora-dir", default=None, help="Folder of LoRA adapters clients may name (off by default).")
     p.add_argument("--rate-per-s", type=float, default=d.rate_per_s, help="Per-client submits per second (0 = off).")
+    p.add_argument("--max-active-per-client", type=int, default=d.max_active_per_client,
+                   help="Per-client cap on queued + running jobs (0 = off).")
     p.add_argument("--no-self-test", action="store_true", help="Skip the workers' one-step self-test.")
     p.set_defaults(func=run_serve)
 
@@ -72,7 +74,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         heartbeat_s=args.heartbeat_s, job_timeout_s=args.job_timeout_s, drain_grace_s=args.drain_grace_s,
         cancel_grace_s=args.cancel_grace_s, reaper_interval_s=min(ServerSettings.reaper_interval_s, args.heartbeat_s),
         allowed_origins=tuple(args.allowed_origin), allowed_hosts=tuple(args.allowed_host), lora_dir=args.lora_dir,
-        rate_per_s=args.rate_per_s, self_test=not args.no_self_test)
+        rate_per_s=args.rate_per_s, max_active_per_client=args.max_active_per_client,
+        self_test=not args.no_self_test)
 
 
 def run_serve(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from encore.frontends.server.loras import find_adapter
 from encore.frontends.server.settings import ServerSettings
 from encore.frontends.server.store import (
     TERMINAL_STATES,
+    ClientBusy,
     IdempotencyConflict,
     Job,
     NewJob,
@@ -184,7 +185,7 @@ class JobService:
             raise ApiError(422, "invalid_idempotency_key", "Idempotency-Key must be 1-200 visible ASCII characters")
         body_hash = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
         item = NewJob(mode, payload, owner, idempotency_key, body_hash, self.settings.queue_max,
-                      self.settings.max_attempts)
+                      self.settings.max_attempts, self.settings.max_active_per_client or None)
         try:
             return self._committer.submit(item)
         except sqlite3.OperationalError as exc:
@@ -194,6 +195,9 @@ class JobService:
         except QueueFull:
             raise ApiError(429, "queue_full", "the job queue is full; retry later",
                            {"Retry-After": str(self.retry_after())}) from None
+        except ClientBusy as exc:
+            raise ApiError(429, "too_many_active_jobs", f"this client already has {exc.active} jobs queued or "
+                           "running; wait for one to finish", {"Retry-After": str(self.retry_after())}) from None
         except IdempotencyConflict:
             raise ApiError(422, "idempotency_conflict",
                            "this Idempotency-Key was already used with a different request body") from None

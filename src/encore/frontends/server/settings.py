@@ -71,6 +71,8 @@ class ServerSettings:
     rate_per_s: float = 0.0
     """Per-client submit rate (token bucket); 0 disables."""
     rate_burst: int = 20
+    max_active_per_client: int = 0
+    """Cap on one client's queued + running jobs (429 `too_many_active_jobs` beyond it); 0 disables."""
     lora_dir: str | None = None
     """Folder of LoRA adapters clients may name (by folder name). None disables LoRA over HTTP."""
     self_test: bool = True
@@ -104,6 +106,8 @@ class ServerSettings:
             raise ValueError("API keys must be at least 8 characters")
         if self.queue_max < 1 or self.workers < 0 or self.max_attempts < 1:
             raise ValueError("queue_max >= 1, workers >= 0 and max_attempts >= 1 are required")
+        if self.max_active_per_client < 0:
+            raise ValueError("max_active_per_client must be >= 0 (0 = no cap)")
         if not (0 < self.heartbeat_s < self.lease_s):
             raise ValueError("heartbeat_s must be positive and shorter than lease_s")
         if self.lora_dir and not Path(self.lora_dir).is_dir():

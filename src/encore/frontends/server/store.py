@@ -25,6 +25,14 @@ LeaseStatus = Literal["ok", "cancel", "lost"]
 IDEMPOTENCY_WINDOW_S = 24 * 3600.0
 
 
+class ClientBusy(Exception):
+    """The client already has its cap of queued and running jobs; nothing was recorded."""
+
+    def __init__(self, active: int) -> None:
+        super().__init__(f"{active} jobs queued or running")
+        self.active = active
+
+
 class QueueFull(Exception):
     """The bounded queue is full; nothing was recorded."""
 
@@ -79,6 +87,8 @@ class NewJob:
     body_hash: str | None = None
     max_queued: int | None = None
     max_attempts: int = 2
+    max_active: int | None = None
+    """The owner's cap of queued + running jobs (None: no cap)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,7 @@ class JobStore(Protocol):
     def submit(
         self, mode: str, payload: dict[str, Any], *, owner: str, idempotency_key: str | None = None,
         body_hash: str | None = None, max_queued: int | None = None, max_attempts: int = 2,
+        max_active: int | None = None,
     ) -> tuple[Job, bool]: ...
     def get(self, job_id: str, owner: str | None = None) -> Job | None: ...
     def list_jobs(self, owner: str | None = None, limit: int = 50) -> list[Job]: ...
@@ -274,6 +285,7 @@ class SQLiteJobStore:
     def submit(
         self, mode: str, payload: dict[str, Any], *, owner: str, idempotency_key: str | None = None,
         body_hash: str | None = None, max_queued: int | None = None, max_attempts: int = 2,
+        max_active: int | None = None,
     ) -> tuple[Job, bool]:
         """Record a new queued job, or return the earlier one for a repeated idempotency key.
 
@@ -282,9 +294,10 @@ class SQLiteJobStore:
 
         Raises:
             QueueFull: `max_queued` jobs are already waiting (nothing is recorded).
+            ClientBusy: `owner` already has `max_active` jobs queued or running (nothing is recorded).
             IdempotencyConflict: the key was used with a different body within 24 h.
         """
-        item = NewJob(mode, payload, owner, idempotency_key, body_hash, max_queued, max_attempts)
+        item = NewJob(mode, payload, owner, idempotency_key, body_hash, max_queued, max_attempts, max_active)
         if max_queued is not None and idempotency_key is None:  # cheap refusal without the write lock
             depth = self._conn().execute("SELECT COUNT(*) FROM jobs WHERE state='queued'").fetchone()[0]
             if depth >= max_queued:
@@ -298,8 +311,8 @@ class SQLiteJobStore:
         """Record several submissions in ONE transaction (one fsync: group commit), in order.
 
         Returns:
-            Per item, ``(job, created)`` or the `QueueFull` / `IdempotencyConflict` it raised; a refused item
-            leaves no record, the others are committed.
+            Per item, ``(job, created)`` or the `QueueFull` / `ClientBusy` / `IdempotencyConflict` it raised; a
+            refused item leaves no record, the others are committed.
         """
         now = time.time()
 
@@ -308,7 +321,7 @@ class SQLiteJobStore:
             for item in items:
                 try:
                     results.append(self._insert(c, item, now))
-                except (QueueFull, IdempotencyConflict) as exc:
+                except (QueueFull, ClientBusy, IdempotencyConflict) as exc:
                     results.append(exc)
             return results
 
@@ -337,6 +350,11 @@ class SQLiteJobStore:
             depth = c.execute("SELECT COUNT(*) FROM jobs WHERE state='queued'").fetchone()[0]
             if depth >= item.max_queued:
                 raise QueueFull(depth)
+        if item.max_active is not None:
+            active = c.execute("SELECT COUNT(*) FROM jobs WHERE owner=? AND state IN ('queued', 'running')",
+                               (item.owner,)).fetchone()[0]
+            if active >= item.max_active:
+                raise ClientBusy(active)
         jid = str(uuid.uuid4())
         c.execute(
             "INSERT INTO jobs(id, mode, state, payload, owner, created_at, updated_at, max_attempts, idem_key,"
