@@ -101,6 +101,23 @@ def test_cover_strength_zero_is_text2music_from_the_first_step(turbo: Pipeline,
     assert cover.params["instruction"].startswith("Generate audio semantic tokens")
 
 
+def test_cover_without_quantize_keeps_the_source_latents(turbo: Pipeline, song: tuple[Path, torch.Tensor],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """`quantize=False` ("Remix (Raw)") skips the 5 Hz FSQ round trip of the source; the default takes it."""
+    calls = []
+    real = turbo.fsq_round_trip
+    monkeypatch.setattr(turbo, "fsq_round_trip", lambda latents: calls.append(latents.shape) or real(latents))
+    path, _ = song
+    default = _generate(turbo, Cover(source=str(path)))
+    assert len(calls) == 1
+    raw = _generate(turbo, Cover(source=str(path), quantize=False))
+    assert len(calls) == 1 and not torch.allclose(raw.latents, default.latents)
+    assert raw.params["request"]["task"]["quantize"] is False
+    with pytest.raises(InvalidRequest, match="audio codes") as info:
+        _generate(turbo, Cover(source=str(path), quantize=False), audio_codes=(1, 2, 3, 4, 5))
+    assert info.value.field == "task.quantize"
+
+
 @pytest.mark.parametrize("task", [
     Extract(track="vocals"),
     Lego(track="drums", start_s=0.4, end_s=2.0),

@@ -274,6 +274,9 @@ class Pipeline:
                 raise InvalidRequest("audio_codes", "planner.think writes its own audio codes; give codes or think")
             if not isinstance(request.task, (Text2Music, Cover)):
                 raise InvalidRequest("audio_codes", "audio codes apply to text2music and cover only")
+            if isinstance(request.task, Cover) and not request.task.quantize:
+                raise InvalidRequest("task.quantize", "quantize=false keeps the source's latents, but audio codes "
+                                                      "replace them; drop one")
         variant = self.components.variant
         if isinstance(request.task, BASE_ONLY_TASKS) and (variant.is_turbo or "sft" in variant.name):
             raise InvalidRequest("task", f"{kind_of(request.task)} needs a base model; the {variant.name} model was "
@@ -565,7 +568,7 @@ class Pipeline:
                                      num_frames=num_frames, sample_rate=self.sample_rate,
                                      hop_samples=self.hop_samples, hint_latents=hints,
                                      full_span_mask_value=FULL_SPAN_MASK_VALUE)
-        if cond.is_cover and not cond.src_is_hints:
+        if cond.is_cover and not cond.src_is_hints and getattr(task, "quantize", True):
             cond = dataclasses.replace(cond, src_latents=self.fsq_round_trip(cond.src_latents))
         return cond
 

@@ -65,6 +65,10 @@ class Cover:
     """Audio file to cover (may be omitted when audio codes are given instead)."""
     cover_strength: float = 1.0
     """0–1: fraction of the steps conditioned on the source; the rest follow the text alone."""
+    quantize: bool = True
+    """Pass the source through the 5 Hz FSQ round trip, as the official cover does. False gives the DiT the
+    source's latents as they are (upstream's later "Remix (Raw)"): closer to the source's sound and detail,
+    a context the DiT was not trained on, so it may follow the caption less."""
 
     def __post_init__(self) -> None:
         _check_finite("cover_strength", self.cover_strength)

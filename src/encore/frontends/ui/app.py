@@ -264,6 +264,8 @@ def _components(gr: Any) -> dict[str, Any]:
                                                 "`encore understand`; text2music and cover; empty = none)")
             with gr.Row():
                 c["task.cover_strength"] = gr.Slider(0, 1, value=d("task.cover:cover_strength"), label="Cover strength")
+                c["task.quantize"] = gr.Checkbox(value=d("task.cover:quantize"),
+                                                 label="Cover through the 5 Hz codes (off: Remix raw)")
                 c["task.start_s"] = gr.Number(value=d("task.repaint:start_s"), label="Start (s)")
                 c["task.end_s"] = gr.Number(value=d("task.repaint:end_s"), label="End (s, empty = end)")
             with gr.Row():
