@@ -73,6 +73,10 @@ class FakePipeline:
         if "[silent]" in caption:
             audio[:] = 0.0
         params = request_to_dict(request)
+        # As the real pipeline's params: the request with the values that ran filled in.
+        resolved = request_to_dict(request)
+        resolved["text"]["duration_s"], resolved["diffusion"]["num_steps"] = seconds, steps
+        params["request"] = resolved
         params["source_seconds"] = source_seconds
         params["lora_ids"] = lora_ids
         return GenerationResult(audio=audio, sample_rate=SAMPLE_RATE, seeds=tuple(seeds), params=params,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import time
@@ -300,6 +301,45 @@ def test_metrics_job_seconds_histogram_by_task(server: InProcessServer) -> None:
     assert len(lines) == 11 and lines[-1].endswith('le="+Inf"} 2') and counts == sorted(counts)
     assert 'encore_job_seconds_count{task="text2music"} 2' in text
     assert "# TYPE encore_job_seconds histogram" in text and "encore_event_loop_lag_seconds " in text
+
+
+def test_job_deadline_scales_with_the_measured_speed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R11: before any job ran, the deadline is --job-timeout-s; then factor × (measured rate × seconds × steps ×
+    items) + floor, within [floor, cap]; a job past its own deadline fails with `timeout` naming it."""
+    srv = InProcessServer(fast_settings(tmp_path, job_timeout_s=1e6, job_timeout_floor_s=5.0,
+                                        job_timeout_factor=4.0))  # fmt: skip
+    try:
+        first = submit(srv, {"text": {"duration_s": 1.0}, "diffusion": {"num_steps": 4}})
+        assert srv.store.get(first["id"]).payload["timeout_s"] == 1e6  # nothing measured yet
+        srv.wait(first["id"])
+        (rate,) = srv.store.generation_rates()
+        second = submit(srv, {"text": {"duration_s": 2.0}, "diffusion": {"num_steps": 4}, "batch_size": 2})
+        assert srv.store.get(second["id"]).payload["timeout_s"] == pytest.approx(4 * rate * 16 + 5, abs=0.06)
+        srv.wait(second["id"])
+        from encore.pipeline.request import GenerationRequest, PlannerOptions, TextInputs
+        from encore.tasks.spec import Cover
+
+        service, median = srv.service, sorted(srv.store.generation_rates())[1]
+        for request, units in ((GenerationRequest(text=TextInputs(duration_s=600.0)), 600 * 50),
+                               (GenerationRequest(planner=PlannerOptions(think=True)), 600 * 50),
+                               (GenerationRequest(task=Cover(source="x.wav")), 600 * 50),
+                               (GenerationRequest(), 30 * 50),  # the pipeline's default duration
+                               (GenerationRequest(audio_codes=(1,) * 20), 4 * 50)):  # fmt: skip
+            assert service.job_deadline(request) == pytest.approx(4 * median * units + 5, abs=0.06)
+        capped = dataclasses.replace(service.settings, job_timeout_s=60.0)
+        monkeypatch.setattr(service, "settings", capped)
+        assert service.job_deadline(GenerationRequest(text=TextInputs(duration_s=600.0))) == 60.0
+        monkeypatch.setattr(service, "settings", dataclasses.replace(capped, job_timeout_floor_s=59.0))
+        assert 59.0 <= service.job_deadline(GenerationRequest(text=TextInputs(duration_s=1.0))) <= 60.0
+        monkeypatch.setattr(service, "settings", srv.settings)
+
+        monkeypatch.setattr(service, "job_deadline", lambda request: 0.6)
+        late = submit(srv, {"text": {"caption": "[slow]", "duration_s": 1.0}, "diffusion": {"num_steps": 8}})
+        view = srv.wait(late["id"])
+        assert view["state"] == "failed" and view["error"]["code"] == "timeout"
+        assert "0.6 s" in view["error"]["message"]
+    finally:
+        srv.close()
 
 
 def test_event_loop_lag_is_measured() -> None:

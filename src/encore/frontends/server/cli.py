@@ -49,7 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-attempts", type=int, default=d.max_attempts, help="Runs per job if workers crash.")
     p.add_argument("--lease-s", type=float, default=d.lease_s, help="Job lease length (renewed by heartbeat).")
     p.add_argument("--heartbeat-s", type=float, default=d.heartbeat_s, help="Worker heartbeat interval.")
-    p.add_argument("--job-timeout-s", type=float, default=d.job_timeout_s, help="Per-job deadline.")
+    p.add_argument("--job-timeout-s", type=float, default=d.job_timeout_s,
+                   help="A job's deadline before any job was measured, and the cap of every estimated one.")
+    p.add_argument("--job-timeout-floor-s", type=float, default=d.job_timeout_floor_s,
+                   help="Slack added to every estimated deadline (so also the least one).")
+    p.add_argument("--job-timeout-factor", type=float, default=d.job_timeout_factor,
+                   help="A generation's deadline: this many times its estimated run time, plus the floor.")
     p.add_argument("--drain-grace-s", type=float, default=d.drain_grace_s, help="Grace period on shutdown.")
     p.add_argument("--cancel-grace-s", type=float, default=d.cancel_grace_s,
                    help="How long a cancelled or timed-out job may take to stop before its worker is restarted.")
@@ -71,7 +76,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         checkpoint=args.checkpoint, variant=args.variant, planner=args.planner, device=args.device, dtype=args.dtype,
         pipeline_factory=args.pipeline_factory,
         model_name=args.model_name, queue_max=args.queue_max, max_attempts=args.max_attempts, lease_s=args.lease_s,
-        heartbeat_s=args.heartbeat_s, job_timeout_s=args.job_timeout_s, drain_grace_s=args.drain_grace_s,
+        heartbeat_s=args.heartbeat_s, job_timeout_s=args.job_timeout_s, job_timeout_floor_s=args.job_timeout_floor_s,
+        job_timeout_factor=args.job_timeout_factor, drain_grace_s=args.drain_grace_s,
         cancel_grace_s=args.cancel_grace_s, reaper_interval_s=min(ServerSettings.reaper_interval_s, args.heartbeat_s),
         allowed_origins=tuple(args.allowed_origin), allowed_hosts=tuple(args.allowed_host), lora_dir=args.lora_dir,
         rate_per_s=args.rate_per_s, max_active_per_client=args.max_active_per_client,

@@ -241,7 +241,32 @@ class JobService:
         canonical = request_to_dict(request)
         if request.seeds is None:  # fixed now so a retried job reproduces the same audio (R2)
             canonical["seeds"] = [secrets.randbelow(2**32) for _ in range(request.batch_size)]
-        return {"request": canonical, "uploads": uploads, "loras": loras}
+        return {"request": canonical, "uploads": uploads, "loras": loras, "timeout_s": self.job_deadline(request)}
+
+    def job_deadline(self, request: Any) -> float:
+        """Seconds a generation may run (RELIABILITY R11): `job_timeout_factor` × its estimated run time plus
+        `job_timeout_floor_s`, at most `job_timeout_s`. The estimate is the median measured rate of
+        recent jobs (`generation_rates`) × audio seconds × steps × items, where what the request leaves open
+        counts at its largest: 600 s when the planner picks the duration or an audio task's source sets it,
+        50 steps. Before any job was measured: `job_timeout_s`."""
+        from encore.pipeline.request import AUDIO_CODES_PER_S, DURATION_RANGE_S, Text2Music
+        from encore.tasks.prompts import DEFAULT_DURATION_S
+
+        s = self.settings
+        rates = sorted(self.store.generation_rates())
+        if not rates:
+            return s.job_timeout_s
+        thinking = request.planner is not None and request.planner.think
+        if not isinstance(request.task, Text2Music) or (thinking and request.text.duration_s is None):
+            duration = DURATION_RANGE_S[1]
+        elif request.text.duration_s is not None:
+            duration = request.text.duration_s
+        elif request.audio_codes is not None:
+            duration = len(request.audio_codes) / AUDIO_CODES_PER_S
+        else:
+            duration = float(DEFAULT_DURATION_S)
+        estimate = rates[len(rates) // 2] * duration * (request.diffusion.num_steps or 50) * request.batch_size
+        return round(min(s.job_timeout_s, s.job_timeout_factor * estimate + s.job_timeout_floor_s), 1)
 
     def check_upload(self, upload_id: str, owner: str, loc: tuple[str | int, ...]) -> None:
         """422 unless `upload_id` names an upload of this owner."""

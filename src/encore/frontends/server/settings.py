@@ -59,6 +59,13 @@ class ServerSettings:
     heartbeat_s: float = 5.0
     reaper_interval_s: float = 1.0
     job_timeout_s: float = 1800.0
+    """Deadline of a job whose run time cannot be estimated yet, and the cap of every estimated one."""
+    job_timeout_floor_s: float = 120.0
+    """Slack added to every estimated deadline, so also the least one."""
+    job_timeout_factor: float = 10.0
+    """A generation job's deadline: this many times its estimated run time plus the floor, at most
+    job_timeout_s. The estimate scales the server's measured seconds per (audio second × step × item)
+    by the request's duration, steps and batch size."""
     cancel_grace_s: float = 10.0
     drain_grace_s: float = 30.0
     tombstone_retention_s: float = 7 * 24 * 3600.0
@@ -106,6 +113,8 @@ class ServerSettings:
             raise ValueError("API keys must be at least 8 characters")
         if self.queue_max < 1 or self.workers < 0 or self.max_attempts < 1:
             raise ValueError("queue_max >= 1, workers >= 0 and max_attempts >= 1 are required")
+        if self.job_timeout_s <= 0 or self.job_timeout_floor_s < 0 or self.job_timeout_factor < 1:
+            raise ValueError("job_timeout_s > 0, job_timeout_floor_s >= 0 and job_timeout_factor >= 1 are required")
         if self.max_active_per_client < 0:
             raise ValueError("max_active_per_client must be >= 0 (0 = no cap)")
         if not (0 < self.heartbeat_s < self.lease_s):

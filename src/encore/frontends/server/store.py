@@ -425,6 +425,20 @@ class SQLiteJobStore:
         vals = [r[0] for r in rows if r[0] is not None and r[0] >= 0]
         return sum(vals) / len(vals) if vals else None
 
+    def generation_rates(self, window: int = 50) -> list[float]:
+        """Seconds per (audio second × step × item) of the last `window` succeeded generate jobs, from the
+        resolved request in each result (`GenerationResult.params`)."""
+        rows = self._conn().execute(
+            "SELECT finished_at - started_at, json_extract(result, '$.params.request.text.duration_s'),"
+            " json_extract(result, '$.params.request.diffusion.num_steps'),"
+            " json_extract(result, '$.params.request.batch_size') FROM jobs WHERE state='succeeded' AND"
+            " mode='generate' AND started_at IS NOT NULL ORDER BY seq DESC LIMIT ?", (window,)).fetchall()
+        rates = []
+        for seconds, duration, steps, batch in rows:
+            if all(isinstance(v, (int, float)) and v > 0 for v in (seconds, duration, steps, batch)):
+                rates.append(seconds / (duration * steps * batch))
+        return rates
+
     def job_seconds(self) -> dict[str, list[float]]:
         """Run times of the succeeded jobs the store holds, by task (the request's task kind for generate
         jobs, else the mode: format, sample, understand)."""

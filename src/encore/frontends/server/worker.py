@@ -95,6 +95,14 @@ class CancelFlag:
         return self._event.is_set()
 
 
+def job_timeout(job: Job, settings: ServerSettings) -> float:
+    """The job's own deadline (set at submit, `JobService.job_deadline`), else the server's."""
+    value = job.payload.get("timeout_s") if isinstance(job.payload, dict) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= settings.job_timeout_s:
+        return float(value)
+    return settings.job_timeout_s
+
+
 class _Heartbeat(threading.Thread):
     """Renews the lease, writes progress (throttled), enforces the deadline, and watches for cancel."""
 
@@ -112,9 +120,10 @@ class _Heartbeat(threading.Thread):
         start = time.monotonic()
         last_beat, last_written = 0.0, ("", -1.0)
         cancelled_at: float | None = None
+        timeout = job_timeout(self.job, s)
         while not self.done.wait(0.2):
             now = time.monotonic()
-            if now - start > s.job_timeout_s:
+            if now - start > timeout:
                 self.flag.set("timeout")
             if self.flag.is_set() and cancelled_at is None:
                 cancelled_at = now
@@ -190,7 +199,7 @@ class JobRunner:
             self.store.release(job.id, self.worker_id, job.attempts)
         elif reason == "timeout":
             self.store.fail(job.id, self.worker_id, job.attempts, "timeout",
-                            f"the job ran past its deadline of {self.settings.job_timeout_s:g} s")
+                            f"the job ran past its deadline of {job_timeout(job, self.settings):g} s")
         # "lost": another worker owns the job now; leave it alone.
 
     def hard_stop(self, job: Job, reason: str) -> None:
@@ -200,7 +209,7 @@ class JobRunner:
                      self.settings.cancel_grace_s, reason)
         if reason == "timeout":
             self.store.fail(job.id, self.worker_id, job.attempts, "timeout",
-                            f"the job ran past its deadline of {self.settings.job_timeout_s:g} s")
+                            f"the job ran past its deadline of {job_timeout(job, self.settings):g} s")
         elif reason == "cancel":
             self.store.finish_cancelled(job.id, self.worker_id, job.attempts)
         elif reason == "drain":
