@@ -52,7 +52,7 @@ LYRIC_MAX_TOKENS = 2048
 REFERENCE_TOTAL_S = 30.0
 REFERENCE_SEGMENT_S = 10.0
 """Reference audio is repeated to >= 30 s and three 10 s segments are encoded for the timbre encoder (§6)."""
-DEFAULT_DURATION_S = 30.0
+DEFAULT_DURATION_S = float(prompts.DEFAULT_DURATION_S)
 """Text2music length when neither the request nor a plan gives one (the official metas default)."""
 FULL_SPAN_MASK_VALUE = 1.0
 """Chunk-mask value of whole-span tasks: 1.0 as the Feb-snapshot and diffusers feed (SPEC §16.1)."""
