@@ -91,9 +91,20 @@ def test_generate_in_headless_chromium(tmp_path: Path) -> None:
                 shot.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(shot), full_page=True)
                 assert shot.stat().st_size > 10_000
+                # Cancel: a slow job (0.5 s per fake step) stopped from the page while it runs.
+                page.get_by_role("tab", name="Song").click()
+                page.locator("#caption textarea").fill("[slow] a long take")
+                page.locator("#generate").click()
+                page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('Running')",
+                                       timeout=30000)
+                page.locator("#cancel").click()
+                page.wait_for_function("() => document.querySelector('#status').innerText.includes('cancelled')",
+                                       timeout=30000)
             finally:
                 browser.close()
-        job = api.client.get("/v1/jobs").json()["jobs"][0]
+        jobs = api.client.get("/v1/jobs").json()["jobs"]
+        assert sorted(j["state"] for j in jobs) == ["cancelled", "succeeded"]
+        job = next(j for j in jobs if j["state"] == "succeeded")
         assert job["state"] == "succeeded" and job["result"]["params"]["text"]["caption"] == "lofi hip hop with rain"
         assert job["result"]["params"]["loras"] == [{"path": "style", "scale": 1.0}]  # the UI's LoRA choice
         assert job["result"]["params"]["lora_ids"][0]["name"] == "style"  # ... reached the pipeline as a folder

@@ -319,7 +319,9 @@ def build_ui(client: ApiClient, *, job_timeout_s: float = 1800.0) -> Any:
             sample_btn = gr.Button("Create sample (planner)")
             format_btn = gr.Button("Format caption and lyrics (planner)")
             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+            cancel_btn = gr.Button("Cancel", elem_id="cancel")
         status = gr.Markdown("Ready.", elem_id="status")
+        running = gr.State("")  # id of the job this page is waiting for ("" when none)
         players = [gr.Audio(label=f"Song {i + 1}", visible=i == 0, interactive=False, type="filepath",
                             elem_id=f"player-{i}") for i in range(MAX_PLAYERS)]
         files = gr.File(label="Downloads", file_count="multiple", interactive=False)
@@ -331,7 +333,8 @@ def build_ui(client: ApiClient, *, job_timeout_s: float = 1800.0) -> Any:
         def run(values: dict[Any, Any]) -> Iterator[dict[Any, Any]]:
             by_path = {names[k]: v for k, v in values.items() if k in names}
             past = list(values.get(rows) or [])
-            yield from _generate(client, by_path, past, job_timeout_s, status, players, files, history, rows)
+            yield from _generate(client, by_path, past, job_timeout_s, status, players, files, history, rows,
+                                 running)
 
         def plan(mode: str) -> Callable[[dict[Any, Any]], list[Any]]:
             def handler(values: dict[Any, Any]) -> list[Any]:
@@ -340,7 +343,9 @@ def build_ui(client: ApiClient, *, job_timeout_s: float = 1800.0) -> Any:
             return handler
 
         generate_btn.click(run, inputs={*names, rows},
-                           outputs=[status, *players, files, history, rows], concurrency_limit=None)
+                           outputs=[status, *players, files, history, rows, running], concurrency_limit=None)
+        cancel_btn.click(lambda job_id: _cancel(client, job_id), inputs=running, outputs=status,
+                         concurrency_limit=None)
         sample_btn.click(plan("sample"), inputs=set(names), outputs=plan_targets)
         format_btn.click(plan("format"), inputs=set(names), outputs=plan_targets)
         lora_outputs = [c["loras.path"], c["loras.scale"], c["ui.lora_note"]]
@@ -367,8 +372,21 @@ def _lora_updates(client: ApiClient, current: Any) -> list[Any]:
     return [gr.update(choices=choices, value=value, interactive=usable), gr.update(interactive=usable), note]
 
 
+def _cancel(client: ApiClient, job_id: str) -> str:
+    """The Cancel button: ask the server to stop the job this page waits for; the waiting loop reports the end."""
+    import gradio as gr
+
+    if not job_id:
+        return "Nothing to cancel."
+    try:
+        view = client.cancel(job_id)
+    except (UiError, httpx.HTTPError) as exc:
+        raise gr.Error(f"cannot cancel: {exc}") from None
+    return f"Cancelling job `{job_id[:8]}` ({view['state']})..."
+
+
 def _generate(client: ApiClient, values: dict[str, Any], past: list[list[Any]], timeout_s: float, status: Any,
-              players: list[Any], files: Any, history: Any, rows: Any) -> Iterator[dict[Any, Any]]:
+              players: list[Any], files: Any, history: Any, rows: Any, running: Any) -> Iterator[dict[Any, Any]]:
     import gradio as gr
 
     try:
@@ -376,7 +394,7 @@ def _generate(client: ApiClient, values: dict[str, Any], past: list[list[Any]], 
         job = client.submit({"mode": "generate", "request": body})
     except UiError as exc:
         raise gr.Error(str(exc)) from None
-    yield {status: f"Queued (job `{job['id'][:8]}`, position {job['queue_position']})."}
+    yield {status: f"Queued (job `{job['id'][:8]}`, position {job['queue_position']}).", running: job["id"]}
     view = job
     deadline = time.monotonic() + timeout_s
     while view["state"] not in ("succeeded", "failed", "cancelled"):
@@ -392,12 +410,13 @@ def _generate(client: ApiClient, values: dict[str, Any], past: list[list[Any]], 
     if view["state"] != "succeeded":
         err = view.get("error") or {}
         yield {status: f"**{view['state']}**: {err.get('message', '')} (`{err.get('code', '')}`)",
-               history: table, rows: table}
+               history: table, rows: table, running: ""}
         return
     folder = Path(tempfile.mkdtemp(prefix="encore-ui-"))
     paths = [str(client.download(o["url"], folder / f"{job['id'][:8]}-{o['index']}.{o['format']}"))
              for o in view["outputs"]]
-    update: dict[Any, Any] = {status: f"Done: {len(paths)} song(s).", files: paths, history: table, rows: table}
+    update: dict[Any, Any] = {status: f"Done: {len(paths)} song(s).", files: paths, history: table, rows: table,
+                              running: ""}
     for i, player in enumerate(players):
         update[player] = gr.update(value=paths[i] if i < len(paths) else None, visible=i < len(paths) or i == 0)
     yield update
