@@ -176,3 +176,15 @@ def test_batch_rows_in_different_states(tiny_planner: Planner) -> None:
     cot = P.parse_cot(tiny_planner.decode(ids[1][1:ids[1].index(v.think_end_id)]))
     assert cot["bpm"] == 99 and set(cot) == {"bpm", "duration", "keyscale", "timesignature"}
     assert ids[1][-1] == v.eos_id
+
+
+def test_server_understand_returns_the_songs_codes(tiny_planner: Planner) -> None:
+    """The server's understand mode also returns the codes it read, so a client can render them again."""
+    from types import SimpleNamespace
+
+    from encore.frontends.server.worker import CancelFlag, run_planner
+
+    pipeline = SimpleNamespace(planner=tiny_planner, audio_codes=lambda audio: [1, 2, 3, 63_999])
+    out = run_planner(pipeline, "understand", {"audio": "song.wav"}, progress=lambda stage, f: None,
+                      cancel=CancelFlag())  # fmt: skip
+    assert out["codes"] == [1, 2, 3, 63_999] and "caption" in out and "duration" not in out

@@ -109,7 +109,7 @@ class FakePipeline:
             return {"caption": f"a song about {args.get('query') or 'anything'}", "lyrics": "[Verse]\nla la",
                     "bpm": 100, "keyscale": "A minor", "timesignature": 4, "duration_s": 20.0, "language": "en"}
         return {"caption": "an uploaded song", "lyrics": "", "bpm": 90, "keyscale": "D major", "timesignature": 3,
-                "duration_s": 10.0, "language": "unknown"}
+                "duration_s": 10.0, "language": "unknown", "codes": [5, 6, 7, 8, 9]}
 
 
 def make_fake(settings: Any) -> FakePipeline:

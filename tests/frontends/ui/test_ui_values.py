@@ -147,3 +147,33 @@ def test_lora_choice_reaches_the_job(tmp_path: Path) -> None:
         assert "loras" not in no_lora
     finally:
         srv.close()
+
+
+def test_planner_buttons_fill_the_song_fields_and_understand_fills_the_codes() -> None:
+    """Format keeps the codes box as it was; Understand uploads the source and fills the box with its codes."""
+    import gradio as gr
+
+    from encore.frontends.ui.app import PLAN_FIELDS, _plan_values
+
+    class Client:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, dict]] = []
+
+        def upload(self, path: str) -> str:
+            return f"up-{path}"
+
+        def plan(self, mode: str, args: dict) -> dict:
+            self.calls.append((mode, args))
+            out = {"caption": f"{mode} caption", "bpm": 90, "timesignature": 3}
+            return {**out, "codes": [4, 5, 6]} if mode == "understand" else out
+
+    client = Client()
+    values = {"text.caption": "mine", "text.lyrics": "la", "text.keyscale": "C major", "audio_codes": "1 2"}
+    formatted = _plan_values(client, "format", values)
+    assert len(formatted) == len(PLAN_FIELDS) + 1
+    assert formatted[0] == "format caption" and formatted[PLAN_FIELDS.index("keyscale")] == "C major"
+    assert formatted[PLAN_FIELDS.index("timesignature")] == "3" and formatted[-1] == "1 2"
+    with pytest.raises(gr.Error, match="source"):
+        _plan_values(client, "understand", values)
+    understood = _plan_values(client, "understand", {**values, "task.source": "/tmp/song.wav"})
+    assert client.calls[-1] == ("understand", {"audio": "up-/tmp/song.wav"}) and understood[-1] == "4 5 6"

@@ -367,10 +367,13 @@ def run_planner(pipeline: Any, mode: str, args: dict[str, Any], *, progress: Cal
         codes_of = getattr(pipeline, "audio_codes", None)
         if codes_of is None:
             raise JobFailure("planner_unavailable", "this pipeline cannot turn audio into codes for understand")
-        out = planning.understand(planner, codes_of(args["audio"]), cancel=cancel)
+        codes = [int(c) for c in codes_of(args["audio"])]
+        out = planning.understand(planner, codes, cancel=cancel)
     progress("planning", 1.0)
     data = out.to_dict()
     data["duration_s"] = data.pop("duration", None)
+    if mode == "understand":
+        data["codes"] = codes  # the song's 5 Hz codes, which a generation may render again (`audio_codes`)
     return data
 
 

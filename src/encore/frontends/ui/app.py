@@ -318,6 +318,8 @@ def build_ui(client: ApiClient, *, job_timeout_s: float = 1800.0) -> Any:
         with gr.Row():
             sample_btn = gr.Button("Create sample (planner)")
             format_btn = gr.Button("Format caption and lyrics (planner)")
+            understand_btn = gr.Button("Understand the source audio (planner)")
+            to_source_btn = gr.Button("Use song 1 as the source")
             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
             cancel_btn = gr.Button("Cancel", elem_id="cancel")
         status = gr.Markdown("Ready.", elem_id="status")
@@ -328,7 +330,7 @@ def build_ui(client: ApiClient, *, job_timeout_s: float = 1800.0) -> Any:
         history = gr.Dataframe(headers=HISTORY_HEADERS, value=[], label="Batch history", interactive=False)
         rows = gr.State([])
         names = {comp: path for path, comp in c.items() if not path.startswith("ui.")}  # request fields only
-        plan_targets = [c[f"text.{f}"] for f in PLAN_FIELDS]
+        plan_targets = [c[f"text.{f}"] for f in PLAN_FIELDS] + [c["audio_codes"]]
 
         def run(values: dict[Any, Any]) -> Iterator[dict[Any, Any]]:
             by_path = {names[k]: v for k, v in values.items() if k in names}
@@ -348,6 +350,8 @@ def build_ui(client: ApiClient, *, job_timeout_s: float = 1800.0) -> Any:
                          concurrency_limit=None)
         sample_btn.click(plan("sample"), inputs=set(names), outputs=plan_targets)
         format_btn.click(plan("format"), inputs=set(names), outputs=plan_targets)
+        understand_btn.click(plan("understand"), inputs=set(names), outputs=plan_targets)
+        to_source_btn.click(lambda song: song or gr.update(), inputs=players[0], outputs=c["task.source"])
         lora_outputs = [c["loras.path"], c["loras.scale"], c["ui.lora_note"]]
         demo.load(lambda current: _lora_updates(client, current), inputs=c["loras.path"], outputs=lora_outputs)
         c["ui.lora_refresh"].click(lambda current: _lora_updates(client, current), inputs=c["loras.path"],
@@ -425,11 +429,16 @@ def _generate(client: ApiClient, values: dict[str, Any], past: list[list[Any]], 
 def _plan_values(client: ApiClient, mode: str, values: dict[str, Any]) -> list[Any]:
     import gradio as gr
 
-    if mode == "sample":
-        args = {"query": values.get("simple.query") or "", "instrumental": bool(values.get("simple.instrumental"))}
-    else:
-        args = {"caption": values.get("text.caption") or "", "lyrics": values.get("text.lyrics") or ""}
     try:
+        if mode == "sample":
+            args = {"query": values.get("simple.query") or "",
+                    "instrumental": bool(values.get("simple.instrumental"))}
+        elif mode == "understand":
+            if _blank(values.get("task.source")):
+                raise UiError("understand: load a source audio file first (Audio inputs and task options)")
+            args = {"audio": client.upload(values["task.source"])}
+        else:
+            args = {"caption": values.get("text.caption") or "", "lyrics": values.get("text.lyrics") or ""}
         plan = client.plan(mode, args)
     except UiError as exc:
         raise gr.Error(str(exc)) from None
@@ -437,4 +446,6 @@ def _plan_values(client: ApiClient, mode: str, values: dict[str, Any]) -> list[A
     for f in PLAN_FIELDS:
         value = plan.get(f, values.get(f"text.{f}"))
         out.append(str(value) if f == "timesignature" and value is not None else value)
+    codes = plan.get("codes")  # understand: the source's own codes, to render again
+    out.append(" ".join(map(str, codes)) if isinstance(codes, list) and codes else values.get("audio_codes", ""))
     return out
