@@ -51,10 +51,14 @@ def test_batch_records_each_item_and_reruns_only_what_is_not_done(checkpoint: Pa
     assert [e["status"] for e in again] == ["skipped", "failed", "failed", "skipped"]
     assert again[0]["hash"] == first[0]["hash"] and (out / "piano.wav").stat().st_mtime_ns == written
 
+    with (out / "manifest.jsonl").open("a", encoding="utf-8") as f:
+        f.write('[1, 2]\n{"status": "ok", "hash": "x", "fil')  # foreign and cut lines are ignored
     (out / first[3]["files"][0]).unlink()  # a lost file is generated again
     _jobs(jobs, {**GOOD, "name": "piano"}, {"request": {**GOOD, "seeds": [4]}})
     assert _run(checkpoint, jobs, out) == 0
-    assert [e["status"] for e in _manifest(out)[8:]] == ["skipped", "ok"]
+    lines = (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    assert lines[8:10] == ["[1, 2]", '{"status": "ok", "hash": "x", "fil']  # the cut line was ended, not joined
+    assert [json.loads(x)["status"] for x in lines[10:]] == ["skipped", "ok"]
 
 
 def test_a_changed_request_or_model_is_not_skipped(checkpoint: Path, tmp_path: Path) -> None:

@@ -79,7 +79,9 @@ def finished(manifest: Path) -> dict[str, list[str]]:
             entry = json.loads(line)
         except ValueError:
             continue
-        files = entry.get("files") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict):
+            continue
+        files = entry.get("files")
         if entry.get("status") in ("ok", "skipped") and isinstance(files, list) and files and all(
             isinstance(f, str) and (manifest.parent / f).is_file() for f in files
         ):
@@ -94,6 +96,15 @@ def error_code(exc: BaseException) -> str:
         if isinstance(exc, cls):
             return code
     return "error"
+
+
+def _close_cut_line(manifest: Path) -> None:
+    """End a line a crash left unfinished, so the next entry starts a line of its own."""
+    if manifest.is_file() and manifest.stat().st_size:
+        with manifest.open("rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
 
 
 def _append(manifest: Path, entry: dict[str, Any]) -> None:
@@ -118,6 +129,7 @@ def run_batch(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / MANIFEST
     done = finished(manifest)
+    _close_cut_line(manifest)
     pipeline = load_pipeline(args)
     model = {k: v for k, v in pipeline.model_info().items() if k != "loras"}
     paths = getattr(pipeline.components, "paths", None)
