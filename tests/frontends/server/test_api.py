@@ -311,6 +311,7 @@ def test_job_deadline_scales_with_the_measured_speed(tmp_path: Path, monkeypatch
     try:
         first = submit(srv, {"text": {"duration_s": 1.0}, "diffusion": {"num_steps": 4}})
         assert srv.store.get(first["id"]).payload["timeout_s"] == 1e6  # nothing measured yet
+        assert first["timeout_s"] == 1e6  # clients see it in the job's status
         srv.wait(first["id"])
         (rate,) = srv.store.generation_rates()
         second = submit(srv, {"text": {"duration_s": 2.0}, "diffusion": {"num_steps": 4}, "batch_size": 2})

@@ -319,6 +319,9 @@ class JobStatus(BaseModel):
     outputs: list[OutputInfo] = []
     result: dict[str, Any] | None = None
     files_expired: bool = False
+    timeout_s: float | None = None
+    """Generations: how long the job may run before it fails with `timeout` (set at submit from the server's
+    measured speed; `docs/serving.md`, `--job-timeout-factor`)."""
 
 
 class JobList(BaseModel):

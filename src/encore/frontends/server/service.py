@@ -342,6 +342,7 @@ class JobService:
             "created_at": job.created_at, "started_at": job.started_at, "finished_at": job.finished_at,
             "cancel_requested": job.cancel_requested, "error": error, "outputs": outputs,
             "result": public_result, "files_expired": job.files_swept,
+            "timeout_s": job.payload.get("timeout_s") if isinstance(job.payload, dict) else None,
         }
 
     def get_job(self, job_id: str, owner: str) -> Job:
