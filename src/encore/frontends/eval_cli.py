@@ -3,8 +3,8 @@
 Writes ``eval.json`` and ``eval.md`` (the model-card table) into ``--out``. Each system in ``--systems`` is
 ``VARIANT``, ``VARIANT-STEPS`` or ``VARIANT-STEPS@SHIFT``, optionally followed by ``:ode`` or ``:sde``, then
 ``:gSCALE``, then ``:no-guide-hints`` (``base-50``, ``turbo-8``, ``turbo-8@2``, ``turbo-8:sde``, ``base-50:g4``,
-``base-50:no-guide-hints``); ``random`` is a random-weight model with the checkpoint's geometry (the floor). ``--write-prompts PATH`` regenerates the
-prompt set instead. Heavy modules (torch, the pipeline) are imported inside the command function only.
+``base-50:no-guide-hints``); ``random`` is a random-weight model with the checkpoint's geometry (the floor).
+``--write-prompts PATH`` regenerates the prompt set instead. Heavy modules (torch, the pipeline) are imported inside the command function only.
 """
 
 from __future__ import annotations

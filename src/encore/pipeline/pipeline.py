@@ -27,7 +27,6 @@ from encore.errors import Cancelled, InvalidRequest
 from encore.models.dit import CrossKVCache
 from encore.pipeline import adapters, postprocess
 from encore.pipeline.request import (
-    AUDIO_CODES_PER_S,
     MAX_SEED,
     CancelToken,
     DiffusionOptions,
@@ -37,6 +36,7 @@ from encore.pipeline.request import (
     TextInputs,
     kind_of,
     request_to_dict,
+    text2music_duration_s,
 )
 from encore.sampling import guidance, schedules, solvers
 from encore.tasks import conditioning as tc
@@ -52,8 +52,6 @@ LYRIC_MAX_TOKENS = 2048
 REFERENCE_TOTAL_S = 30.0
 REFERENCE_SEGMENT_S = 10.0
 """Reference audio is repeated to >= 30 s and three 10 s segments are encoded for the timbre encoder (§6)."""
-DEFAULT_DURATION_S = float(prompts.DEFAULT_DURATION_S)
-"""Text2music length when neither the request nor a plan gives one (the official metas default)."""
 FULL_SPAN_MASK_VALUE = 1.0
 """Chunk-mask value of whole-span tasks: 1.0 as the Feb-snapshot and diffusers feed (SPEC §16.1)."""
 _SOURCE_SEED_SALT = 0x9E3779B97F4A7C15
@@ -282,9 +280,7 @@ class Pipeline:
             raise InvalidRequest("task", f"{kind_of(request.task)} needs a base model; the {variant.name} model was "
                                          "trained for text2music, cover, repaint and extend only")
         if isinstance(request.task, Text2Music) and request.text.duration_s is None and not thinking:
-            # Given codes set the length, as the planner's do; else the default.
-            codes = request.audio_codes
-            duration = DEFAULT_DURATION_S if codes is None else len(codes) / AUDIO_CODES_PER_S
+            duration = text2music_duration_s(request)  # given codes set the length, as the planner's do
             request = dataclasses.replace(request, text=dataclasses.replace(request.text, duration_s=duration))
         prompts.validate_language(request.text.language)
         sampling = self.resolve_sampling(request.diffusion)

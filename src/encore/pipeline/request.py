@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Union
 
 from encore.errors import InvalidRequest
-from encore.tasks.prompts import validate_language
+from encore.tasks.prompts import DEFAULT_DURATION_S, validate_language
 from encore.tasks.spec import Complete, Cover, Extend, Extract, Lego, Repaint, Text2Music
 
 TaskSpec = Text2Music | Cover | Repaint | Extract | Lego | Complete | Extend
@@ -283,6 +283,16 @@ def _check_audio_codes(codes: tuple[int, ...]) -> None:
     for i, code in enumerate(codes):
         if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code < NUM_AUDIO_CODES:
             raise InvalidRequest(f"audio_codes[{i}]", f"codes are integers 0-{NUM_AUDIO_CODES - 1}, got {code!r}")
+
+
+def text2music_duration_s(request: GenerationRequest) -> float:
+    """The length a text2music request renders when the planner does not pick it: its duration, else the
+    length of its audio codes, else the official default."""
+    if request.text.duration_s is not None:
+        return request.text.duration_s
+    if request.audio_codes is not None:
+        return len(request.audio_codes) / AUDIO_CODES_PER_S
+    return float(DEFAULT_DURATION_S)
 
 
 def parse_audio_codes(text: str, field_name: str = "audio_codes") -> tuple[int, ...]:

@@ -249,8 +249,7 @@ class JobService:
         recent jobs (`generation_rates`) × audio seconds × steps × items, where what the request leaves open
         counts at its largest: 600 s when the planner picks the duration or an audio task's source sets it,
         50 steps. Before any job was measured: `job_timeout_s`."""
-        from encore.pipeline.request import AUDIO_CODES_PER_S, DURATION_RANGE_S, Text2Music
-        from encore.tasks.prompts import DEFAULT_DURATION_S
+        from encore.pipeline.request import DURATION_RANGE_S, Text2Music, text2music_duration_s
 
         s = self.settings
         rates = sorted(self.store.generation_rates())
@@ -259,12 +258,8 @@ class JobService:
         thinking = request.planner is not None and request.planner.think
         if not isinstance(request.task, Text2Music) or (thinking and request.text.duration_s is None):
             duration = DURATION_RANGE_S[1]
-        elif request.text.duration_s is not None:
-            duration = request.text.duration_s
-        elif request.audio_codes is not None:
-            duration = len(request.audio_codes) / AUDIO_CODES_PER_S
         else:
-            duration = float(DEFAULT_DURATION_S)
+            duration = text2music_duration_s(request)
         estimate = rates[len(rates) // 2] * duration * (request.diffusion.num_steps or 50) * request.batch_size
         return round(min(s.job_timeout_s, s.job_timeout_factor * estimate + s.job_timeout_floor_s), 1)
 
