@@ -1,6 +1,6 @@
 """The Gradio UI in a real headless Chromium (Debian `chromium`, driven by Playwright; no browser download):
 open the page, fill a caption, pick a LoRA adapter, click Generate, wait for the audio player, fetch its file, save
-a screenshot.
+a screenshot, cancel a slow job, restore the first job's settings from the history.
 
 Set-up: `bash scripts/setup-browser.sh` installs chromium. The screenshot goes to $ENCORE_ARTIFACTS_DIR (or the
 test's tmp folder). The UI and the API run as separate processes, the API with the fake pipeline.
@@ -100,6 +100,14 @@ def test_generate_in_headless_chromium(tmp_path: Path) -> None:
                 page.locator("#cancel").click()
                 page.wait_for_function("() => document.querySelector('#status').innerText.includes('cancelled')",
                                        timeout=30000)
+                # Restore: clicking the first job's history row (now the second) puts its caption and seed back.
+                page.locator("#caption textarea").fill("something else")
+                page.locator("#history [data-testid='cell-1-2']").click()  # Gradio 6 grid: cell-<row>-<col>
+                page.wait_for_function("() => document.querySelector('#status').innerText.startsWith('Restored')",
+                                       timeout=30000)
+                assert page.locator("#caption textarea").input_value() == "lofi hip hop with rain"
+                page.get_by_role("tab", name="Advanced").click()
+                restored_seeds = page.locator("#seeds textarea, #seeds input").first.input_value()
             finally:
                 browser.close()
         jobs = api.client.get("/v1/jobs").json()["jobs"]
@@ -108,6 +116,7 @@ def test_generate_in_headless_chromium(tmp_path: Path) -> None:
         assert job["state"] == "succeeded" and job["result"]["params"]["text"]["caption"] == "lofi hip hop with rain"
         assert job["result"]["params"]["loras"] == [{"path": "style", "scale": 1.0}]  # the UI's LoRA choice
         assert job["result"]["params"]["lora_ids"][0]["name"] == "style"  # ... reached the pipeline as a folder
+        assert restored_seeds == ", ".join(str(o["seed"]) for o in job["outputs"])  # the seed it was made with
     finally:
         ui.send_signal(signal.SIGTERM)
         try:

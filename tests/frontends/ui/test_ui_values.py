@@ -177,3 +177,24 @@ def test_planner_buttons_fill_the_song_fields_and_understand_fills_the_codes() -
         _plan_values(client, "understand", values)
     understood = _plan_values(client, "understand", {**values, "task.source": "/tmp/song.wav"})
     assert client.calls[-1] == ("understand", {"audio": "up-/tmp/song.wav"}) and understood[-1] == "4 5 6"
+
+
+def test_history_restores_the_submitted_values_and_the_seeds_used(tmp_path: Path) -> None:
+    from encore.frontends.ui.app import history_entry, request_from_values, restored_values
+
+    kept = tmp_path / "src.wav"
+    kept.write_bytes(b"RIFF")
+    values = {"task.kind": "cover", "text.caption": "dub reggae", "seeds": "", "batch_size": 2,
+              "task.source": str(kept), "reference_audio": str(tmp_path / "deleted-by-gradio.wav"),
+              "diffusion.guidance_scale": 5.0}
+    view = {"state": "succeeded", "outputs": [{"seed": 11, "index": 0}, {"seed": 12, "index": 1}]}
+    entry = history_entry("0123456789abcdef", values, view)
+    assert entry["row"] == ["01234567", "cover", "dub reggae", "succeeded", "11,12", 2]
+    paths = ["text.caption", "seeds", "batch_size", "task.source", "reference_audio", "diffusion.guidance_scale",
+             "text.lyrics"]
+    restored = restored_values(entry, paths)
+    assert restored == ["dub reggae", "11, 12", 2, str(kept), None, 5.0, None]
+    again = request_from_values(dict(zip(paths, restored)) | {"task.kind": "cover"}, lambda p: "up-" + "b" * 32)
+    assert again["seeds"] == [11, 12] and again["batch_size"] == 2  # the same songs can be made again
+    failed = history_entry("fedcba9876543210", values | {"seeds": "7"}, {"state": "failed", "outputs": []})
+    assert failed["row"][4] == "" and restored_values(failed, ["seeds"]) == ["7"]  # no seeds used: as submitted

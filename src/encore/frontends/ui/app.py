@@ -30,6 +30,8 @@ POLL_S = 0.4
 FORMATS = ("flac", "wav", "mp3", "ogg")
 PLAN_FIELDS = ("caption", "lyrics", "bpm", "keyscale", "timesignature", "duration_s", "language")
 HISTORY_HEADERS = ["job", "task", "caption", "state", "seeds", "files"]
+HISTORY_SIZE = 50
+FILE_FIELDS = frozenset({"task.source", "reference_audio"})
 
 
 class UiError(Exception):
@@ -236,6 +238,31 @@ def dataclass_default(path: str) -> Any:
     return getattr(rq.GenerationRequest(), head)
 
 
+def history_entry(job_id: str, values: dict[str, Any], view: dict[str, Any]) -> dict[str, Any]:
+    """What the history keeps of a finished job: its table row, the form values it was submitted with (by field
+    path) and the seeds its songs were made with (empty when it made none)."""
+    seeds = [int(o["seed"]) for o in view.get("outputs") or [] if o.get("seed") is not None]
+    row = [job_id[:8], values.get("task.kind") or "text2music", str(values.get("text.caption") or "")[:60],
+           view["state"], ",".join(map(str, seeds)), len(view.get("outputs") or [])]
+    return {"row": row, "values": dict(values), "seeds": seeds}
+
+
+def restored_values(entry: dict[str, Any], paths: list[str]) -> list[Any]:
+    """Form values for `paths` that redo a history entry: its submitted values, with the seeds box set to the seeds
+    the job actually used (so a random-seed song can be made again) and audio files Gradio has since deleted left
+    empty (the user uploads them again)."""
+    values = entry.get("values") or {}
+    out = []
+    for path in paths:
+        value = values.get(path)
+        if path == "seeds" and entry.get("seeds"):
+            value = ", ".join(map(str, entry["seeds"]))
+        elif path in FILE_FIELDS and value and not Path(str(value)).is_file():
+            value = None
+        out.append(value)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- Gradio
 def _components(gr: Any) -> dict[str, Any]:
     """Create the input components, keyed by request field path (created inside a Blocks context)."""
@@ -289,7 +316,7 @@ def _components(gr: Any) -> dict[str, Any]:
             c["diffusion.guide_hints"] = gr.Checkbox(value=d("diffusion.guide_hints"),
                                                      label="Guidance on beat/key hints (embedded base)")
         with gr.Row():
-            c["seeds"] = gr.Textbox(value="", label="Seeds (comma-separated, empty = random)")
+            c["seeds"] = gr.Textbox(value="", label="Seeds (comma-separated, empty = random)", elem_id="seeds")
             c["output.format"] = gr.Dropdown(list(FORMATS), value=d("output.format"), label="Format")
         with gr.Row():
             c["planner.think"] = gr.Checkbox(value=d("planner.think"), label="Planner thinking (5 Hz LM)")
@@ -327,9 +354,11 @@ def build_ui(client: ApiClient, *, job_timeout_s: float = 1800.0) -> Any:
         players = [gr.Audio(label=f"Song {i + 1}", visible=i == 0, interactive=False, type="filepath",
                             elem_id=f"player-{i}") for i in range(MAX_PLAYERS)]
         files = gr.File(label="Downloads", file_count="multiple", interactive=False)
-        history = gr.Dataframe(headers=HISTORY_HEADERS, value=[], label="Batch history", interactive=False)
-        rows = gr.State([])
+        history = gr.Dataframe(headers=HISTORY_HEADERS, value=[], interactive=False, elem_id="history",
+                               label="Batch history (click a row to restore its settings and seeds)")
+        rows = gr.State([])  # `history_entry` dicts, newest first, aligned with the table
         names = {comp: path for path, comp in c.items() if not path.startswith("ui.")}  # request fields only
+        restore_paths = list(names.values())
         plan_targets = [c[f"text.{f}"] for f in PLAN_FIELDS] + [c["audio_codes"]]
 
         def run(values: dict[Any, Any]) -> Iterator[dict[Any, Any]]:
@@ -352,6 +381,19 @@ def build_ui(client: ApiClient, *, job_timeout_s: float = 1800.0) -> Any:
         format_btn.click(plan("format"), inputs=set(names), outputs=plan_targets)
         understand_btn.click(plan("understand"), inputs=set(names), outputs=plan_targets)
         to_source_btn.click(lambda song: song or gr.update(), inputs=players[0], outputs=c["task.source"])
+
+        def restore(entries: list[dict[str, Any]], evt: Any) -> list[Any]:
+            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            if not entries or not 0 <= int(row) < len(entries):
+                return [gr.update() for _ in restore_paths] + ["Nothing to restore."]
+            entry = entries[int(row)]
+            seeds = ", ".join(map(str, entry.get("seeds") or [])) or "the seeds it was given"
+            return [*restored_values(entry, restore_paths),
+                    f"Restored the settings of job `{entry['row'][0]}` (seeds: {seeds})."]
+
+        # Gradio finds the event argument by its type hint; postponed annotations cannot name a local import
+        restore.__annotations__["evt"] = gr.SelectData
+        history.select(restore, inputs=rows, outputs=[*(c[p] for p in restore_paths), status])
         lora_outputs = [c["loras.path"], c["loras.scale"], c["ui.lora_note"]]
         demo.load(lambda current: _lora_updates(client, current), inputs=c["loras.path"], outputs=lora_outputs)
         c["ui.lora_refresh"].click(lambda current: _lora_updates(client, current), inputs=c["loras.path"],
@@ -389,7 +431,7 @@ def _cancel(client: ApiClient, job_id: str) -> str:
     return f"Cancelling job `{job_id[:8]}` ({view['state']})..."
 
 
-def _generate(client: ApiClient, values: dict[str, Any], past: list[list[Any]], timeout_s: float, status: Any,
+def _generate(client: ApiClient, values: dict[str, Any], past: list[dict[str, Any]], timeout_s: float, status: Any,
               players: list[Any], files: Any, history: Any, rows: Any, running: Any) -> Iterator[dict[Any, Any]]:
     import gradio as gr
 
@@ -408,18 +450,17 @@ def _generate(client: ApiClient, values: dict[str, Any], past: list[list[Any]], 
         time.sleep(POLL_S)
         view = client.job(job["id"])
         yield {status: f"{view['state'].capitalize()}: {view['stage'] or 'waiting'} {view['progress'] * 100:.0f}%"}
-    row = [job["id"][:8], body["task"]["kind"], str(values.get("text.caption", ""))[:60], view["state"],
-           ",".join(str(o.get("seed")) for o in view["outputs"]), len(view["outputs"])]
-    table = [row, *past][:50]
+    entries = [history_entry(job["id"], values, view), *past][:HISTORY_SIZE]
+    table = [e["row"] for e in entries]
     if view["state"] != "succeeded":
         err = view.get("error") or {}
         yield {status: f"**{view['state']}**: {err.get('message', '')} (`{err.get('code', '')}`)",
-               history: table, rows: table, running: ""}
+               history: table, rows: entries, running: ""}
         return
     folder = Path(tempfile.mkdtemp(prefix="encore-ui-"))
     paths = [str(client.download(o["url"], folder / f"{job['id'][:8]}-{o['index']}.{o['format']}"))
              for o in view["outputs"]]
-    update: dict[Any, Any] = {status: f"Done: {len(paths)} song(s).", files: paths, history: table, rows: table,
+    update: dict[Any, Any] = {status: f"Done: {len(paths)} song(s).", files: paths, history: table, rows: entries,
                               running: ""}
     for i, player in enumerate(players):
         update[player] = gr.update(value=paths[i] if i < len(paths) else None, visible=i < len(paths) or i == 0)
