@@ -139,8 +139,8 @@ def test_audio_codes_are_the_tokenizer_codes_of_the_posterior_mean(ckpt: Path, t
 
     song = write_wav(tmp_path / "song.wav", 2.1, 1000, seed=5)
     pipe = Pipeline.from_pretrained(ckpt, device="cpu", dtype="float32")
-    codes = planner_cli.audio_codes(pipe, song)
-    assert len(codes) == math.ceil(2.1 * 25 / 5) and codes == planner_cli.audio_codes(pipe, song)
+    codes = pipe.audio_codes(song)
+    assert len(codes) == math.ceil(2.1 * 25 / 5) and codes == pipe.audio_codes(song)
     with torch.inference_mode():
         latents = pipe.encode_audio(pipe.load_audio(song), sample=False)
         direct = pipe.fsq_round_trip(latents[0])  # the cover path: latents -> FSQ -> hints
@@ -224,3 +224,16 @@ def test_console_script_rejects_bad_metas(tmp_path: Path) -> None:
                           check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("encore plan: error: --keyscale (keyscale):") and proc.stderr.count("\n") == 1
+
+
+def test_server_understand_job_runs_on_the_real_pipeline(ckpt: Path, lm: Path, tmp_path: Path) -> None:
+    """The server worker's understand path (`run_planner`) on a real pipeline: the codes come from
+    `Pipeline.audio_codes` (a pipeline without that method used to fail every understand job)."""
+    from encore.frontends.server.worker import CancelFlag, run_planner
+    from encore.pipeline.pipeline import Pipeline
+
+    song = write_wav(tmp_path / "song.wav", 2.1, 1000, seed=6)
+    pipe = Pipeline.from_pretrained(ckpt / "acestep-v15-turbo", device="cpu", dtype="float32", planner=lm)
+    plan = run_planner(pipe, "understand", {"audio": str(song)}, progress=lambda *a: None, cancel=CancelFlag())
+    assert plan["codes"] == pipe.audio_codes(song) and len(plan["codes"]) == math.ceil(2.1 * 25 / 5)
+    assert {"caption", "lyrics", "bpm", "keyscale", "duration_s"} <= set(plan)

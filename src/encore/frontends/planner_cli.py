@@ -22,7 +22,6 @@ from encore.errors import AudioError, CheckpointError, InvalidRequest
 from encore.frontends import cli
 from encore.frontends.argspec import OptionSpec
 
-MAX_UNDERSTAND_S = 600.0
 """Longest audio `understand` reads: the planner's largest song (3 000 codes) fits its 4 096-token context."""
 OUTPUT_SUFFIXES = (".yaml", ".yml", ".json")
 _PLANNER_HINT = "pass --planner PATH, or run `encore download turbo --with-lm` and pass --checkpoint turbo"
@@ -232,34 +231,10 @@ def run_understand(args: argparse.Namespace) -> int:
     name = cli.checkpoint_choice(args)
     lm = planner_dir(args, resolve_checkpoint(name).lm_dirs)
     pipeline = Pipeline.from_pretrained(name, device=args.device, dtype=args.dtype)
-    codes = audio_codes(pipeline, args.audio)
+    codes = pipeline.audio_codes(args.audio)
     planner = load_planner(lm, pipeline.device)
     result = planning.understand(planner, codes, sampling=sampling, seed=seed)
     return emit(args, {"source": str(args.audio), "seed": seed, "codes": codes, **result.to_dict()})
-
-
-def audio_codes(pipeline: Any, path: Path) -> list[int]:
-    """An audio file's 5 Hz FSQ codes through the pipeline's own encode path (SPEC §4, §7).
-
-    The waveform is VAE-encoded with the official tiled encode, taking the posterior mean (deterministic: no
-    seed changes the codes), then the audio tokenizer pools 5 latent frames per code, padding the tail with the
-    silence latent as the official tokenizer does.
-
-    Raises:
-        AudioError: unreadable, shorter than one latent frame, or longer than `MAX_UNDERSTAND_S`.
-    """
-    wav = pipeline.load_audio(path)  # [2, S] at the VAE rate
-    seconds = wav.shape[-1] / pipeline.sample_rate
-    if wav.shape[-1] < pipeline.hop_samples:
-        raise AudioError(str(path), f"is {seconds:.3f} s long, shorter than one latent frame")
-    if seconds > MAX_UNDERSTAND_S:
-        raise AudioError(str(path), f"is {seconds:.0f} s long; understand reads at most {MAX_UNDERSTAND_S:.0f} s")
-    # Inference only: no autograd graph over a long tiled encode (the front-end does not import torch).
-    pipeline.vae.requires_grad_(False)
-    pipeline.model.tokenizer.requires_grad_(False)
-    latents = pipeline.encode_audio(wav, sample=False)  # [1, T, C]
-    _, indices = pipeline.model.tokenizer.tokenize(latents, pipeline.silence)  # [1, ceil(T / 5), 1]
-    return [int(c) for c in indices[0, :, 0].tolist()]
 
 
 def run_create(args: argparse.Namespace) -> int:

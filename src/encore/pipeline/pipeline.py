@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from encore import __version__
-from encore.errors import Cancelled, InvalidRequest
+from encore.errors import AudioError, Cancelled, InvalidRequest
 from encore.models.dit import CrossKVCache
 from encore.pipeline import adapters, postprocess
 from encore.pipeline.request import (
@@ -51,6 +51,8 @@ CAPTION_MAX_TOKENS = 256
 LYRIC_MAX_TOKENS = 2048
 REFERENCE_TOTAL_S = 30.0
 REFERENCE_SEGMENT_S = 10.0
+MAX_UNDERSTAND_S = 600.0
+"""Longest audio `audio_codes` reads (understand, code extraction)."""
 """Reference audio is repeated to >= 30 s and three 10 s segments are encoded for the timbre encoder (§6)."""
 FULL_SPAN_MASK_VALUE = 1.0
 """Chunk-mask value of whole-span tasks: 1.0 as the Feb-snapshot and diffusers feed (SPEC §16.1)."""
@@ -585,6 +587,27 @@ class Pipeline:
                                                  f"source ({duration:.2f} s)")
         if task.end_s is not None and task.end_s <= 0:
             raise InvalidRequest("task.end_s", f"window ends at {task.end_s:g} s, before the source starts")
+
+    def audio_codes(self, path: str | Path) -> list[int]:
+        """An audio file's 5 Hz FSQ codes (SPEC §4, §7): what `understand` reads and `audio_codes` renders again.
+
+        The waveform is VAE-encoded with the official tiled encode, taking the posterior mean (deterministic: no
+        seed changes the codes), then the audio tokenizer pools 5 latent frames per code, padding the tail with
+        the silence latent as the official tokenizer does.
+
+        Raises:
+            AudioError: unreadable, shorter than one latent frame, or longer than `MAX_UNDERSTAND_S`.
+        """
+        wav = self.load_audio(path)  # [2, S] at the VAE rate
+        seconds = wav.shape[-1] / self.sample_rate
+        if wav.shape[-1] < self.hop_samples:
+            raise AudioError(str(path), f"is {seconds:.3f} s long, shorter than one latent frame")
+        if seconds > MAX_UNDERSTAND_S:
+            raise AudioError(str(path), f"is {seconds:.0f} s long; understand reads at most {MAX_UNDERSTAND_S:.0f} s")
+        latents = self.encode_audio(wav, sample=False)  # [1, T, C]
+        with torch.no_grad():
+            _, indices = self.model.tokenizer.tokenize(latents, self.silence)  # [1, ceil(T / 5), 1]
+        return [int(c) for c in indices[0, :, 0].tolist()]
 
     def fsq_round_trip(self, latents: Tensor) -> Tensor:
         """Cover context: latents `[T, C]` -> 5 Hz FSQ codes -> 25 Hz hints `[T, C]` (SPEC §7, §10)."""

@@ -27,8 +27,8 @@ class FakePipeline:
     def __init__(self, extra: dict[str, Any]) -> None:
         self.step_s = float(extra.get("fake_step_s", 0.02))
         self.steps = int(extra.get("fake_steps", 4))
-        self.server_modes = ("generate", "format", "sample", "understand") if extra.get("fake_planner") \
-            else ("generate",)
+        self.server_modes = ("generate", "codes", "format", "sample", "understand") if extra.get("fake_planner") \
+            else ("generate", "codes")
         self.calls = 0
 
     def generate(self, request: Any, *, progress: Any = None, cancel: Any = None) -> GenerationResult:
@@ -97,6 +97,16 @@ class FakePipeline:
             ids.append({"name": os.path.basename(spec.path), "scale": spec.scale,
                         "weights_bytes": os.path.getsize(weights)})
         return ids
+
+    def audio_codes(self, path: str) -> list[int]:
+        """Like the real pipeline's: one code per 0.2 s of the file, which must be readable audio."""
+        import soundfile as sf
+
+        try:
+            info = sf.info(path)
+        except RuntimeError as exc:
+            raise AudioError(path, "cannot decode") from exc
+        return [i % 64000 for i in range(max(1, round(info.frames / info.samplerate * 5)))]
 
     def plan_mode(self, mode: str, args: dict[str, Any], *, progress: Any = None, cancel: Any = None) -> dict[str, Any]:
         if progress is not None:

@@ -277,9 +277,23 @@ def test_planner_modes_with_planner(tmp_path: Path) -> None:
         up = upload(srv.client, wav_bytes(), "s.wav")
         r = srv.client.post("/v1/jobs", json={"mode": "understand", "audio": up["id"]})
         assert srv.wait(r.json()["id"])["result"]["plan"]["bpm"] == 90
-        assert srv.client.get("/ready").json()["modes"] == ["format", "generate", "sample", "understand"]
+        assert srv.client.get("/ready").json()["modes"] == ["codes", "format", "generate", "sample", "understand"]
     finally:
         srv.close()
+
+
+def test_codes_job_needs_no_planner(server: InProcessServer) -> None:
+    """`{"mode": "codes"}`: an upload's 5 Hz codes (0.5 s -> 3 codes here), refused for someone else's upload."""
+    assert "codes" in server.client.get("/ready").json()["modes"]
+    up = upload(server.client, wav_bytes(), "s.wav")
+    r = server.client.post("/v1/jobs", json={"mode": "codes", "audio": up["id"]})
+    assert r.status_code == 202, r.text
+    view = server.wait(r.json()["id"])
+    assert view["state"] == "succeeded" and view["mode"] == "codes"
+    assert view["result"]["codes"] == list(range(round(up["duration_s"] * 5)))
+    bad = server.client.post("/v1/jobs", json={"mode": "codes", "audio": "up-" + "0" * 32})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "audio"]
+    assert server.client.post("/v1/jobs", json={"mode": "codes"}).status_code == 422
 
 
 def test_metrics_and_list(server: InProcessServer) -> None:

@@ -148,6 +148,54 @@ def test_sample_mode_release_uses_planner(planner_server: InProcessServer) -> No
     assert json.loads(item["result"])[0]["metas"]["bpm"] == 100  # filled by the planner prelude
 
 
+def test_extract_codes_only_needs_no_planner(server: InProcessServer) -> None:
+    """Official `extract_codes_only` with a multipart source: the codes as `<|audio_code_N|>` text, no audio."""
+    r = server.client.post("/release_task", data={"extract_codes_only": "true"},
+                           files={"src_audio": ("song.wav", wav_bytes(1.2), "audio/wav")})
+    item = _query_until_done(server, _envelope_ok(r.json())["task_id"])
+    assert item["status"] == 1, item
+    (result,) = json.loads(item["result"])
+    assert result["status_message"] == "Audio Codes Extraction Success" and result["audio_paths"] == []
+    assert result["audio_codes"] == "".join(f"<|audio_code_{i}|>" for i in range(6))  # 1.2 s -> 6 codes
+    # ... which a later release_task renders again
+    r = server.client.post("/release_task", json={"prompt": "again", "audio_code_string": result["audio_codes"],
+                                                  "batch_size": 1})
+    job = server.store.get(_envelope_ok(r.json())["task_id"])
+    assert job.payload["request"]["audio_codes"] == list(range(6))
+
+
+def test_analysis_flags_need_their_inputs(server: InProcessServer) -> None:
+    r = server.client.post("/release_task", json={"full_analysis_only": True})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "src_audio_path"]
+    up = upload(server.client, wav_bytes(0.5), "song.wav")
+    r = server.client.post("/release_task", json={"extract_codes_only": True, "fullAnalysisOnly": True,
+                                                  "src_audio_path": up["id"]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "full_analysis_only"]
+    r = server.client.post("/release_task", json={"full_analysis_only": True, "src_audio_path": up["id"]})
+    assert r.status_code == 503 and r.json()["code"] == "planner_unavailable"  # this server has no planner
+    r = server.client.post("/release_task", json={"analysis_only": True, "prompt": "x", "bpm": 20})
+    assert r.status_code == 422 and "bpm" in json.dumps(r.json()["detail"])
+    assert server.store.counts()["queued"] == 0
+
+
+def test_full_analysis_and_analysis_only(planner_server: InProcessServer) -> None:
+    up = upload(planner_server.client, wav_bytes(0.5), "song.wav")
+    r = planner_server.client.post("/release_task", json={"full_analysis_only": True, "src_audio_path": up["id"]})
+    (full,) = json.loads(_query_until_done(planner_server, _envelope_ok(r.json())["task_id"])["result"])
+    assert full["status_message"] == "Full Hardware Analysis Success"
+    assert (full["bpm"], full["keyscale"], full["timesignature"], full["duration"]) == (90, "D major", "3", 10.0)
+    assert full["prompt"] == "an uploaded song" and full["language"] == "unknown" and full["audio_paths"] == []
+    assert full["audio_codes"] == "".join(f"<|audio_code_{i}|>" for i in (5, 6, 7, 8, 9))
+    r = planner_server.client.post("/release_task", json={"analysisOnly": True, "prompt": "pop", "lyrics": "la",
+                                                          "bpm": 97})
+    (meta,) = json.loads(_query_until_done(planner_server, _envelope_ok(r.json())["task_id"])["result"])
+    assert meta["status_message"] == "Success" and meta["generation_info"] == "Analysis Only Mode Complete"
+    assert meta["bpm"] == 97 and meta["prompt"] == "pop (formatted)" and meta["lyrics"] == "la"
+    assert meta["dit_model"] == "None (Analysis Only)" and meta["audio_paths"] == []
+    jobs = planner_server.client.get("/v1/jobs").json()["jobs"]
+    assert sorted(j["mode"] for j in jobs) == ["format", "understand"]  # no generation ran
+
+
 def test_chat_completions_non_stream(server: InProcessServer) -> None:
     audio_b64 = base64.b64encode(wav_bytes(0.5)).decode()
     r = server.client.post("/v1/chat/completions", json={

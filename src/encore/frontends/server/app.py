@@ -118,7 +118,7 @@ def _install_error_handlers(app: FastAPI, service: JobService) -> None:
         return reply(request, 400, "bad_multipart", exc.message)
 
 
-_MODE_TAGS = frozenset({"generate", "format", "sample", "understand"})
+_MODE_TAGS = frozenset({"generate", "format", "sample", "understand", "codes"})
 
 
 def _clean_loc(loc: Any) -> list[Any]:
@@ -165,7 +165,7 @@ def submit_body(service: JobService, body: Any, own: str) -> tuple[str, dict[str
         return "generate", service.validate_generation(data, own)
     args = body.model_dump(mode="json", exclude={"mode"})
     uploads = {}
-    if isinstance(body, schemas.UnderstandJob):
+    if isinstance(body, (schemas.UnderstandJob, schemas.CodesJob)):
         service.check_upload(body.audio, own, ("body", "audio"))
         uploads = {"audio": body.audio}
     return body.mode, {"args": args, "uploads": uploads}

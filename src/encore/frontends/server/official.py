@@ -114,6 +114,12 @@ class ReleaseTaskBody(BaseModel):
     is_format_caption: bool | None = _aliases("is_format_caption")
     allow_lm_batch: bool | None = _aliases("allow_lm_batch", "parallel_thinking")
     metas: dict[str, Any] | None = _aliases("metas", "metadata", "user_metadata")
+    analysis_only: bool | None = _aliases("analysis_only")
+    """No audio: the planner's metas (and caption) for `prompt` and `lyrics` (our "format" job)."""
+    full_analysis_only: bool | None = _aliases("full_analysis_only")
+    """No audio: the source's codes read back by the planner (our "understand" job)."""
+    extract_codes_only: bool | None = _aliases("extract_codes_only")
+    """No audio: the source's 5 Hz codes (our "codes" job; no planner needed)."""
     ai_token: str | None = _aliases("ai_token")
     """Accepted for old clients and ignored: the key is read from the Authorization header only."""
 
@@ -294,6 +300,79 @@ def release_to_request(body: ReleaseTaskBody, model_name: str) -> tuple[dict[str
     return data, prelude, warnings
 
 
+ANALYSIS_FLAGS = ("extract_codes_only", "full_analysis_only", "analysis_only")
+
+
+def analysis_job(body: ReleaseTaskBody) -> tuple[str, dict[str, Any]] | None:
+    """(job mode, worker payload) for a `/release_task` with one of the official analysis flags, else None.
+
+    `extract_codes_only` -> a "codes" job and `full_analysis_only` -> an "understand" job, both on the source
+    audio (`src_audio_path`, an upload id); `analysis_only` -> a "format" job on `prompt` / `lyrics` and the
+    given metas. The payload remembers the flag so `/query_result` answers in the official shape.
+    """
+    flags = [name for name in ANALYSIS_FLAGS if getattr(body, name)]
+    if not flags:
+        return None
+    if len(flags) > 1:
+        raise field_error(("body", flags[1]), f"cannot be combined with {flags[0]}")
+    flag = flags[0]
+    if flag != "analysis_only":
+        if not body.src_audio_path:
+            raise field_error(("body", "src_audio_path"), f"{flag} needs the source audio (multipart field "
+                              "src_audio, or an upload id)")
+        mode = "codes" if flag == "extract_codes_only" else "understand"
+        args: dict[str, Any] = {"audio": body.src_audio_path}
+        if mode == "understand" and body.lm_temperature is not None:
+            args["temperature"] = body.lm_temperature
+        return mode, {"args": args, "uploads": {"audio": body.src_audio_path}, "official": flag}
+    metas = body.metas or {}
+    duration = body.audio_duration if body.audio_duration is not None else metas.get("duration")
+    args = _drop_none({
+        "caption": body.prompt or "", "lyrics": body.lyrics or "", "temperature": body.lm_temperature,
+        "bpm": body.bpm if body.bpm is not None else metas.get("bpm"),
+        "keyscale": normalize_key(body.key_scale or str(metas.get("keyscale") or "")),
+        "timesignature": parse_time_signature(body.time_signature if body.time_signature is not None
+                                              else metas.get("timesignature")),
+        "duration_s": float(duration) if isinstance(duration, (int, float)) and duration > 0 else None,
+        "language": body.vocal_language or metas.get("language"),
+    })
+    try:  # the same checks as a /v1 format job (ranges, key names)
+        schemas.FormatJob.model_validate({"mode": "format", **args}, strict=False)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+    return "format", {"args": args, "uploads": {}, "official": flag}
+
+
+def analysis_result(flag: str, job: Any) -> dict[str, Any]:
+    """The official result entry of a finished analysis job (`flag` as in `ANALYSIS_FLAGS`)."""
+    result = job.result or {}
+    if flag == "extract_codes_only":
+        return {"status_message": "Audio Codes Extraction Success", "audio_codes": code_string(result["codes"]),
+                "audio_paths": [], "metas": {}}
+    plan = dict(result.get("plan") or {})
+    codes = plan.pop("codes", None)
+    metas = {"bpm": plan.get("bpm"), "keyscale": plan.get("keyscale") or "", "duration": plan.get("duration_s"),
+             "timesignature": "" if plan.get("timesignature") is None else str(plan["timesignature"]),
+             "caption": plan.get("caption", ""), "lyrics": plan.get("lyrics", ""),
+             "language": plan.get("language") or "unknown"}
+    if flag == "full_analysis_only":
+        return {"status_message": "Full Hardware Analysis Success", "bpm": metas["bpm"],
+                "keyscale": metas["keyscale"], "timesignature": metas["timesignature"],
+                "duration": metas["duration"], "genre": "", "prompt": metas["caption"], "lyrics": metas["lyrics"],
+                "language": metas["language"], "metas": metas, "audio_codes": code_string(codes or []),
+                "audio_paths": []}
+    request_lyrics = (job.payload.get("args") or {}).get("lyrics", "")
+    return {"status_message": "Success", "generation_info": "Analysis Only Mode Complete", "metas": metas,
+            "bpm": metas["bpm"], "keyscale": metas["keyscale"], "duration": metas["duration"],
+            "prompt": metas["caption"], "lyrics": request_lyrics, "audio_paths": [],
+            "dit_model": "None (Analysis Only)"}
+
+
+def code_string(codes: list[int]) -> str:
+    """Codes as the official `<|audio_code_N|>` text (what `audio_code_string` reads back)."""
+    return "".join(f"<|audio_code_{int(c)}|>" for c in codes)
+
+
 def _audio_codes(value: str | list[str] | None) -> tuple[int, ...] | None:
     """`audio_code_string`: one code text, or a list of them (per batch item officially; one shared here)."""
     texts = [value] if isinstance(value, str) else [v for v in value or () if v]
@@ -390,6 +469,8 @@ def query_item(service: JobService, job: Any | None, task_id: str) -> dict[str, 
                 "lm_model": "planner" if request.get("planner") else "", "dit_model": service.settings.model_name,
                 "progress": 1.0})
         item["result"] = json.dumps(files)
+    elif job.state == "succeeded" and isinstance(job.payload, dict) and job.payload.get("official") in ANALYSIS_FLAGS:
+        item["result"] = json.dumps([analysis_result(job.payload["official"], job)])
     elif job.state == "succeeded":
         item["result"] = json.dumps([{"status": 1, "plan": (job.result or {}).get("plan")}])
     return item
@@ -423,6 +504,18 @@ def build_official_router(service: JobService) -> APIRouter:
         except ValidationError as exc:
             raise _validation_error(exc) from None
         _check_audio_ids(body)
+        analysis = analysis_job(body)
+        if analysis is not None:
+            mode, payload = analysis
+            if mode not in await asyncio.to_thread(service.available_modes):
+                what = "a planner" if mode != "codes" else "a model that can tokenize audio"
+                raise ApiError(503, "planner_unavailable" if mode != "codes" else "not_ready",
+                               f"{payload['official']} needs {what}, which this server has not loaded",
+                               {"Retry-After": str(service.retry_after())})
+            job, _ = await asyncio.to_thread(service.submit, own, mode, payload,
+                                             request.headers.get("idempotency-key"), raw)
+            queue_position = await asyncio.to_thread(service.store.queue_position, job)
+            return official_envelope({"task_id": job.id, "status": "queued", "queue_position": queue_position})
         data, prelude, warnings = release_to_request(body, service.settings.model_name)
         payload = await asyncio.to_thread(service.validate_generation, data, own, ("body",))
         payload.update(prelude=prelude, official=True)

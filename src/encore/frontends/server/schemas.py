@@ -270,10 +270,19 @@ class UnderstandJob(BaseModel):
     temperature: Annotated[StrictFloat, Field(ge=0.0, le=5.0)] = 0.85
 
 
+class CodesJob(BaseModel):
+    """An uploaded song's 5 Hz audio codes (no planner needed); a generation's `audio_codes` renders them again."""
+
+    model_config = _CONFIG
+    mode: Literal["codes"]
+    audio: UploadId
+
+
 JobSubmission = Annotated[
     Union[  # noqa: UP007 - a tagged union of Annotated members
         Annotated[GenerateJob, Tag("generate")], Annotated[FormatJob, Tag("format")],
         Annotated[SampleJob, Tag("sample")], Annotated[UnderstandJob, Tag("understand")],
+        Annotated[CodesJob, Tag("codes")],
     ],
     Discriminator(lambda v: v.get("mode", "generate") if isinstance(v, dict) else getattr(v, "mode", None)),
 ]

@@ -70,13 +70,15 @@ def load_factory(spec: str) -> Callable[[ServerSettings], Any]:
 
 
 def pipeline_modes(pipeline: Any) -> tuple[str, ...]:
-    """Job modes this pipeline can run: always "generate", planner modes only with a loaded planner."""
+    """Job modes this pipeline can run: always "generate", "codes" when it can tokenize audio, planner modes only
+    with a loaded planner."""
     declared = getattr(pipeline, "server_modes", None)
     if declared is not None:
         return tuple(declared)
+    modes = ("generate", "codes") if callable(getattr(pipeline, "audio_codes", None)) else ("generate",)
     if getattr(pipeline, "planner", None) is not None:
-        return ("generate", *PLANNER_MODES)
-    return ("generate",)
+        return (*modes, *PLANNER_MODES)
+    return modes
 
 
 class CancelFlag:
@@ -222,6 +224,8 @@ class JobRunner:
             return self._generate(job, progress, flag)
         if job.mode in PLANNER_MODES:
             return self._plan(job, progress, flag)
+        if job.mode == "codes":
+            return self._codes(job, progress)
         raise JobFailure("invalid_request", f"unknown job mode {job.mode!r}")
 
     def _generate(self, job: Job, progress: Callable[[str, float], None], flag: CancelFlag) -> dict[str, Any]:
@@ -264,6 +268,15 @@ class JobRunner:
         progress("planning", 0.0)
         out = run_planner(self.pipeline, job.mode, args, progress=progress, cancel=flag)
         return {"plan": json_safe(out)}
+
+    def _codes(self, job: Job, progress: Callable[[str, float], None]) -> dict[str, Any]:
+        if job.mode not in self.modes:
+            raise JobFailure("invalid_request", "this server's model cannot turn audio into codes")
+        args, _ = self._resolve_inputs(dict(job.payload.get("args", {})), job.payload.get("uploads", {}), {})
+        progress("encode_audio", 0.0)
+        codes = [int(c) for c in self.pipeline.audio_codes(args["audio"])]
+        progress("encode_audio", 1.0)
+        return {"codes": codes}
 
     def _apply_prelude(self, data: dict[str, Any], prelude: dict[str, Any], progress: Callable[[str, float], None],
                        flag: CancelFlag) -> dict[str, Any]:
