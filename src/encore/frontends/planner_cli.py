@@ -22,7 +22,6 @@ from encore.errors import AudioError, CheckpointError, InvalidRequest
 from encore.frontends import cli
 from encore.frontends.argspec import OptionSpec
 
-"""Longest audio `understand` reads: the planner's largest song (3 000 codes) fits its 4 096-token context."""
 OUTPUT_SUFFIXES = (".yaml", ".yml", ".json")
 _PLANNER_HINT = "pass --planner PATH, or run `encore download turbo --with-lm` and pass --checkpoint turbo"
 

@@ -51,9 +51,9 @@ CAPTION_MAX_TOKENS = 256
 LYRIC_MAX_TOKENS = 2048
 REFERENCE_TOTAL_S = 30.0
 REFERENCE_SEGMENT_S = 10.0
-MAX_UNDERSTAND_S = 600.0
-"""Longest audio `audio_codes` reads (understand, code extraction)."""
 """Reference audio is repeated to >= 30 s and three 10 s segments are encoded for the timbre encoder (§6)."""
+MAX_UNDERSTAND_S = 600.0
+"""Longest audio `audio_codes` reads: the planner's largest song (3 000 codes) fits its 4 096-token context."""
 FULL_SPAN_MASK_VALUE = 1.0
 """Chunk-mask value of whole-span tasks: 1.0 as the Feb-snapshot and diffusers feed (SPEC §16.1)."""
 _SOURCE_SEED_SALT = 0x9E3779B97F4A7C15
