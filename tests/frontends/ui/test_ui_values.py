@@ -198,3 +198,39 @@ def test_history_restores_the_submitted_values_and_the_seeds_used(tmp_path: Path
     assert again["seeds"] == [11, 12] and again["batch_size"] == 2  # the same songs can be made again
     failed = history_entry("fedcba9876543210", values | {"seeds": "7"}, {"state": "failed", "outputs": []})
     assert failed["row"][4] == "" and restored_values(failed, ["seeds"]) == ["7"]  # no seeds used: as submitted
+
+
+def test_codes_button_uploads_the_source_and_fills_the_codes_box() -> None:
+    import gradio as gr
+
+    from encore.frontends.ui.app import _source_codes
+
+    class Client:
+        def upload(self, path: str) -> str:
+            return f"up-{path}"
+
+        def codes(self, upload_id: str) -> list[int]:
+            assert upload_id == "up-/tmp/song.wav"
+            return [7, 8, 9]
+
+    assert _source_codes(Client(), "/tmp/song.wav") == "7 8 9"
+    with pytest.raises(gr.Error, match="source"):
+        _source_codes(Client(), None)
+
+
+
+def test_codes_job_through_the_api_client(tmp_path: Path) -> None:
+    """`ApiClient.codes` against the server (fake pipeline: one code per 0.2 s): upload, codes job, result."""
+    from frontends.server.srvkit import InProcessServer, fast_settings, wav_bytes
+
+    from encore.frontends.ui.app import ApiClient, _source_codes
+
+    song = tmp_path / "song.wav"
+    song.write_bytes(wav_bytes(1.0))
+    srv = InProcessServer(fast_settings(tmp_path))
+    try:
+        client = ApiClient("http://127.0.0.1", None)
+        client.http = srv.client
+        assert _source_codes(client, str(song)) == "0 1 2 3 4"
+    finally:
+        srv.close()

@@ -106,10 +106,17 @@ class ApiClient:
 
     def plan(self, mode: str, args: dict[str, Any], timeout_s: float = 300.0) -> dict[str, Any]:
         """Run a planner job (format / sample / understand) and return its plan."""
+        return dict(self._run(mode, args, timeout_s).get("plan") or {})
+
+    def codes(self, upload_id: str, timeout_s: float = 300.0) -> list[int]:
+        """An uploaded song's 5 Hz audio codes (a "codes" job: the model's tokenizer, no planner)."""
+        return [int(c) for c in self._run("codes", {"audio": upload_id}, timeout_s).get("codes") or []]
+
+    def _run(self, mode: str, args: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         view = self.wait(self.submit({"mode": mode, **args})["id"], timeout_s)
         if view["state"] != "succeeded":
-            raise UiError((view.get("error") or {}).get("message") or f"planner job {view['state']}")
-        return dict((view.get("result") or {}).get("plan") or {})
+            raise UiError((view.get("error") or {}).get("message") or f"{mode} job {view['state']}")
+        return dict(view.get("result") or {})
 
 
 def _error_text(detail: Any, status: int) -> str:
@@ -346,6 +353,7 @@ def build_ui(client: ApiClient, *, job_timeout_s: float = 1800.0) -> Any:
             sample_btn = gr.Button("Create sample (planner)")
             format_btn = gr.Button("Format caption and lyrics (planner)")
             understand_btn = gr.Button("Understand the source audio (planner)")
+            codes_btn = gr.Button("Convert the source to codes")
             to_source_btn = gr.Button("Use song 1 as the source")
             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
             cancel_btn = gr.Button("Cancel", elem_id="cancel")
@@ -380,6 +388,8 @@ def build_ui(client: ApiClient, *, job_timeout_s: float = 1800.0) -> Any:
         sample_btn.click(plan("sample"), inputs=set(names), outputs=plan_targets)
         format_btn.click(plan("format"), inputs=set(names), outputs=plan_targets)
         understand_btn.click(plan("understand"), inputs=set(names), outputs=plan_targets)
+        codes_btn.click(lambda source: _source_codes(client, source), inputs=c["task.source"],
+                        outputs=c["audio_codes"])
         to_source_btn.click(lambda song: song or gr.update(), inputs=players[0], outputs=c["task.source"])
 
         def restore(entries: list[dict[str, Any]], evt: Any) -> list[Any]:
@@ -465,6 +475,18 @@ def _generate(client: ApiClient, values: dict[str, Any], past: list[dict[str, An
     for i, player in enumerate(players):
         update[player] = gr.update(value=paths[i] if i < len(paths) else None, visible=i < len(paths) or i == 0)
     yield update
+
+
+def _source_codes(client: ApiClient, source: Any) -> str:
+    """The "Convert the source to codes" button: the source's codes as text for the audio-codes box."""
+    import gradio as gr
+
+    try:
+        if _blank(source):
+            raise UiError("codes: load a source audio file first (Audio inputs and task options)")
+        return " ".join(map(str, client.codes(client.upload(source))))
+    except UiError as exc:
+        raise gr.Error(str(exc)) from None
 
 
 def _plan_values(client: ApiClient, mode: str, values: dict[str, Any]) -> list[Any]:
