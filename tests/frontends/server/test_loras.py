@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from frontends.server.srvkit import InProcessServer, fast_settings, write_fake_adapter
+from frontends.server.srvkit import KEY, InProcessServer, fast_settings, write_fake_adapter
 
 from encore.errors import CheckpointError
 from encore.frontends.server.settings import ServerSettings
@@ -146,3 +147,67 @@ def test_fake_adapters_are_real_adapters(lora_dir: Path) -> None:
         assert read.config.alpha == (listing[name]["alpha"] or listing[name]["rank"])  # None: alpha = rank
     with pytest.raises(CheckpointError):
         adapter_format.read_adapter(lora_dir / "broken")
+
+
+def _official(r: Any) -> dict:
+    assert r.status_code == 200, r.text
+    return r.json()["data"]
+
+
+def _release(srv: InProcessServer) -> dict:
+    r = srv.client.post("/release_task", json={"prompt": "x", "audio_duration": 1.0, "batch_size": 1})
+    job = srv.store.get(r.json()["data"]["task_id"])
+    return srv.wait(job.id)
+
+
+def test_official_lora_routes_set_this_clients_release_task_adapters(tmp_path: Path, lora_dir: Path) -> None:
+    """/v1/lora/load|scale|toggle|unload|status record adapters per client; /release_task applies them."""
+    second = "second-key-0123456789"
+    srv = InProcessServer(fast_settings(tmp_path, lora_dir=str(lora_dir), api_keys=(KEY, second)))
+    try:
+        c = srv.client
+        assert _official(c.get("/v1/lora/status"))["loaded"] is False
+        loaded = _official(c.post("/v1/lora/load", json={"lora_path": "style", "adapter_name": "voice"}))
+        assert loaded["adapter_name"] == "voice"
+        _official(c.post("/v1/lora/load", json={"lora_path": "plain"}))
+        status = _official(c.get("/v1/lora/status"))
+        assert status["use_lora"] is True and status["scales"] == {"voice": 1.0, "plain": 1.0}
+        view = _release(srv)
+        assert view["state"] == "succeeded", view
+        assert [(i["name"], i["scale"]) for i in view["result"]["params"]["lora_ids"]] == [("style", 1.0),
+                                                                                          ("plain", 1.0)]
+        _official(c.post("/v1/lora/scale", json={"scale": 0.5, "adapter_name": "voice"}))
+        _official(c.post("/v1/lora/unload", json={"adapter_name": "plain"}))
+        assert _release(srv)["result"]["params"]["loras"] == [{"path": "style", "scale": 0.5}]
+        # another client's songs are not touched by this client's adapters
+        other = c.get("/v1/lora/status", headers={"Authorization": f"Bearer {second}"})
+        assert _official(other)["loaded"] is False
+        _official(c.post("/v1/lora/toggle", json={"use_lora": False}))
+        assert _release(srv)["result"]["params"]["loras"] == []
+        _official(c.post("/v1/lora/toggle", json={"use_lora": True}))
+        assert _official(c.post("/v1/lora/unload"))["unloaded"] == ["voice"]
+        assert _official(c.get("/v1/lora/status"))["adapters"] == []
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/lora/load", {"lora_path": "/srv/loras/style"}, "lora_path"),  # server paths are not accepted
+    ("/v1/lora/load", {"lora_path": "broken-name"}, "lora_path"),
+    ("/v1/lora/load", {"lora_path": "style", "adapter_name": "../x"}, "adapter_name"),
+    ("/v1/lora/scale", {"scale": 0.5}, "adapter_name"),  # nothing loaded
+    ("/v1/lora/scale", {"scale": 3.0}, "scale"),
+    ("/v1/lora/unload", {"adapter_name": "nope"}, "adapter_name"),
+    ("/v1/lora/toggle", {"use_lora": "maybe"}, "use_lora"),
+])
+def test_official_lora_route_errors_name_the_field(lora_server: InProcessServer, path: str, body: dict,
+                                                   field: str) -> None:
+    r = lora_server.client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    assert field in json.dumps(r.json()["detail"])
+
+
+def test_official_lora_load_without_a_lora_dir(server: InProcessServer) -> None:
+    r = server.client.post("/v1/lora/load", json={"lora_path": "style"})
+    assert r.status_code == 422 and "disabled" in json.dumps(r.json()["detail"])
+    assert _official(server.client.get("/v1/lora/status"))["lora_enabled_on_server"] is False

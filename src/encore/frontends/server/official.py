@@ -26,6 +26,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from encore.errors import InvalidRequest
 from encore.frontends.server import schemas
 from encore.frontends.server.auth import strict_json_loads
+from encore.frontends.server.official_loras import LoraSessions, add_lora_routes
 from encore.frontends.server.schemas import (
     DOWNLOAD_RESPONSES,
     ERROR_RESPONSES,
@@ -491,6 +492,8 @@ def plan_view(plan: Any) -> dict[str, Any]:
 def build_official_router(service: JobService) -> APIRouter:
     """Routes with the official paths and envelopes (the caller adds the auth dependency for the docs)."""
     router = APIRouter(tags=["official-compatible"])
+    sessions = LoraSessions()
+    add_lora_routes(router, service, sessions, official_envelope)
     @router.post("/release_task", responses=SUBMIT_RESPONSES, summary="Submit a generation (official fields).",
                  openapi_extra={"requestBody": {"required": True, "content": {
                      "application/json": {"schema": ReleaseTaskBody.model_json_schema(by_alias=False)},
@@ -517,6 +520,9 @@ def build_official_router(service: JobService) -> APIRouter:
             queue_position = await asyncio.to_thread(service.store.queue_position, job)
             return official_envelope({"task_id": job.id, "status": "queued", "queue_position": queue_position})
         data, prelude, warnings = release_to_request(body, service.settings.model_name)
+        loaded = sessions.request_loras(own)  # what this client's /v1/lora/* calls set up
+        if loaded:
+            data["loras"] = loaded
         payload = await asyncio.to_thread(service.validate_generation, data, own, ("body",))
         payload.update(prelude=prelude, official=True)
         job, _ = await asyncio.to_thread(service.submit, own, "generate", payload,
