@@ -321,10 +321,9 @@ def analysis_job(body: ReleaseTaskBody) -> tuple[str, dict[str, Any]] | None:
         if not body.src_audio_path:
             raise field_error(("body", "src_audio_path"), f"{flag} needs the source audio (multipart field "
                               "src_audio, or an upload id)")
+        # understand samples at its own settings (temperature 0.3, as upstream's analysis), so lm_* are not passed
         mode = "codes" if flag == "extract_codes_only" else "understand"
         args: dict[str, Any] = {"audio": body.src_audio_path}
-        if mode == "understand" and body.lm_temperature is not None:
-            args["temperature"] = body.lm_temperature
         return mode, {"args": args, "uploads": {"audio": body.src_audio_path}, "official": flag}
     metas = body.metas or {}
     duration = body.audio_duration if body.audio_duration is not None else metas.get("duration")
