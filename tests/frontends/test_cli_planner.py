@@ -237,3 +237,27 @@ def test_server_understand_job_runs_on_the_real_pipeline(ckpt: Path, lm: Path, t
     plan = run_planner(pipe, "understand", {"audio": str(song)}, progress=lambda *a: None, cancel=CancelFlag())
     assert plan["codes"] == pipe.audio_codes(song) and len(plan["codes"]) == math.ceil(2.1 * 25 / 5)
     assert {"caption", "lyrics", "bpm", "keyscale", "duration_s"} <= set(plan)
+
+
+def test_server_understand_temperature_reaches_the_planner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An understand job's `temperature` is used (no value: understand's own 0.3), never silently dropped."""
+    from encore.frontends.server.worker import CancelFlag, run_planner
+    from encore.pipeline import planning
+
+    seen: list[float] = []
+
+    def fake_understand(planner: object, codes: list[int], *, sampling: object, cancel: object) -> object:
+        seen.append(sampling.temperature)  # type: ignore[attr-defined]
+        return planning.Understanding(caption="c", lyrics="", bpm=90, duration=10, keyscale="C major",
+                                      timesignature=4, language=None)
+
+    class Pipe:
+        planner = object()
+
+        def audio_codes(self, path: str) -> list[int]:
+            return [1, 2, 3, 4, 5]
+
+    monkeypatch.setattr(planning, "understand", fake_understand)
+    for args in ({"audio": "x.wav"}, {"audio": "x.wav", "temperature": 0.9}):
+        run_planner(Pipe(), "understand", args, progress=lambda *a: None, cancel=CancelFlag())
+    assert seen == [planning.UNDERSTAND_SAMPLING.temperature, 0.9] and seen[0] == 0.3

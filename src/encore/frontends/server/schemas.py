@@ -267,7 +267,8 @@ class UnderstandJob(BaseModel):
     model_config = _CONFIG
     mode: Literal["understand"]
     audio: UploadId
-    temperature: Annotated[StrictFloat, Field(ge=0.0, le=5.0)] = 0.85
+    temperature: Annotated[StrictFloat, Field(ge=0.0, le=5.0)] | None = None
+    """LM sampling temperature (default: understand's own 0.3, as `encore understand`)."""
 
 
 class CodesJob(BaseModel):

@@ -381,7 +381,10 @@ def run_planner(pipeline: Any, mode: str, args: dict[str, Any], *, progress: Cal
         if codes_of is None:
             raise JobFailure("planner_unavailable", "this pipeline cannot turn audio into codes for understand")
         codes = [int(c) for c in codes_of(args["audio"])]
-        out = planning.understand(planner, codes, cancel=cancel)
+        given = args.get("temperature")  # None: the official understand setting (0.3)
+        sampling = planning.UNDERSTAND_SAMPLING if given is None else dataclasses.replace(
+            planning.UNDERSTAND_SAMPLING, temperature=float(given))
+        out = planning.understand(planner, codes, sampling=sampling, cancel=cancel)
     progress("planning", 1.0)
     data = out.to_dict()
     data["duration_s"] = data.pop("duration", None)
