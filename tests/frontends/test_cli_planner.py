@@ -261,3 +261,21 @@ def test_server_understand_temperature_reaches_the_planner(monkeypatch: pytest.M
     for args in ({"audio": "x.wav"}, {"audio": "x.wav", "temperature": 0.9}):
         run_planner(Pipe(), "understand", args, progress=lambda *a: None, cancel=CancelFlag())
     assert seen == [planning.UNDERSTAND_SAMPLING.temperature, 0.9] and seen[0] == 0.3
+
+
+def test_codes_command_needs_no_planner(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`encore codes`: the pipeline's codes (no planner loaded), also as <|audio_code_N|> text; -o writes them."""
+    from encore.pipeline.pipeline import Pipeline
+
+    song = write_wav(tmp_path / "song.wav", 2.1, 1000, seed=7)
+    out = tmp_path / "codes.json"
+    code, stdout, err = _run(capsys, "codes", song, "--checkpoint", ckpt / "acestep-v15-turbo", "--device", "cpu",
+                             "--json", "-o", out)
+    assert code == 0, err
+    doc = _validated("codes", stdout)
+    expected = Pipeline.from_pretrained(ckpt / "acestep-v15-turbo", device="cpu", dtype="float32").audio_codes(song)
+    assert doc["codes"] == expected and doc["seconds"] == len(expected) / 5
+    assert doc["tokens"] == "".join(f"<|audio_code_{c}|>" for c in expected)
+    assert json.loads(out.read_text())["codes"] == expected
+    code, _, err = _run(capsys, "codes", tmp_path / "missing.wav", "--checkpoint", ckpt / "acestep-v15-turbo")
+    assert code == 3 and "missing.wav" in err

@@ -52,7 +52,7 @@ SPECS = [OptionSpec(path=f"sampling.{field}", flags=(flag,), kind="scalar") for 
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `plan`, `understand`, `create` and `format`."""
+    """Add `plan`, `understand`, `codes`, `create` and `format`."""
     p = _command(subparsers, "plan", "Plan a song with the 5 Hz LM: metas, caption and audio codes.",
                  "temperature 0.85, top-p 0.9, CFG 2.0", run_plan)
     p.add_argument("--caption", required=True, help="Song description (@FILE reads a file).")
@@ -70,6 +70,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("audio", type=Path, help="Audio file to describe (at most 10 minutes).")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="Precision of the audio encoder (default: auto = bfloat16 on GPU, float32 on CPU).")
+
+    p = subparsers.add_parser("codes", help="An audio file's 5 Hz audio codes (no planner needed).",
+                              description="An audio file's 5 Hz audio codes: VAE encode (posterior mean) and the "
+                              "audio tokenizer, as `understand` reads them. `--audio-codes` of generate/cover "
+                              "renders them again; `tokens` is the same codes as <|audio_code_N|> text (the official "
+                              "audio_code_string).", epilog=cli.EXIT_CODES_HELP)
+    p.add_argument("audio", type=Path, help="Audio file (at most 10 minutes).")
+    p.add_argument("--checkpoint", default=None, help="Checkpoint folder or preset whose VAE and audio tokenizer are "
+                   f"used. Default: $ENCORE_CHECKPOINT, else {cli.DEFAULT_CHECKPOINT}.")
+    p.add_argument("--device", default="auto", type=cli.device_name,
+                   help="cpu, cuda, cuda:1, mps, xpu or auto (default: auto).")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="Precision of the audio encoder (default: auto = bfloat16 on GPU, float32 on CPU).")
+    p.add_argument("--json", action="store_true", help="Print one JSON object instead of YAML.")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="Also write the result to this file (.yaml, .yml or .json; replaced atomically).")
+    p.set_defaults(func=run_codes, specs=SPECS)
 
     p = _command(subparsers, "create", "Expand one sentence into a caption, lyrics and metas.",
                  "temperature 0.85, top-p 0.9, no CFG", run_create)
@@ -234,6 +251,19 @@ def run_understand(args: argparse.Namespace) -> int:
     planner = load_planner(lm, pipeline.device)
     result = planning.understand(planner, codes, sampling=sampling, seed=seed)
     return emit(args, {"source": str(args.audio), "seed": seed, "codes": codes, **result.to_dict()})
+
+
+def run_codes(args: argparse.Namespace) -> int:
+    """`encore codes`: audio → VAE latents → 5 Hz codes (no planner)."""
+    from encore.pipeline.pipeline import Pipeline
+
+    _check_output(args.output)
+    if not args.audio.is_file():
+        raise AudioError(str(args.audio), "file not found")
+    pipeline = Pipeline.from_pretrained(cli.checkpoint_choice(args), device=args.device, dtype=args.dtype)
+    codes = pipeline.audio_codes(args.audio)
+    return emit(args, {"source": str(args.audio), "seconds": len(codes) / 5, "codes": codes,
+                       "tokens": "".join(f"<|audio_code_{c}|>" for c in codes)})
 
 
 def run_create(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""JSON Schemas (draft 2020-12, plain dicts) of what `encore plan|understand|create|format --json` print.
+"""JSON Schemas (draft 2020-12, plain dicts) of what `encore plan|understand|codes|create|format --json` print.
 
 The value ranges are the planner's constrained-decoding guarantees (SPEC §12.4): bpm 30–300, one of the 70
 keys, time signature 2/3/4/6, audio codes 0–63 999. Durations the user fixed may be as short as 1 s. This module
@@ -61,6 +61,14 @@ UNDERSTAND_SCHEMA: dict[str, Any] = {
                "codes": {**_CODES, "minItems": 1, "description": "the audio's 5 Hz codes the planner read"},
                **_DESCRIBED}, optional=("output",)),
 }
+CODES_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "encore codes --json",
+    **_object({**_COMMON, "source": {"type": "string"}, "seconds": {"type": "number", "exclusiveMinimum": 0},
+               "codes": {**_CODES, "minItems": 1, "description": "the audio's 5 Hz codes (5 per second)"},
+               "tokens": {"type": "string", "description": "the codes as <|audio_code_N|> text"}},
+              optional=("output",)),
+}
 CREATE_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "encore create --json",
@@ -71,6 +79,6 @@ FORMAT_SCHEMA: dict[str, Any] = {
     "title": "encore format --json",
     **_object({**_COMMON, "seed": _SEED, **_DESCRIBED}, optional=("output",)),
 }
-SCHEMAS: dict[str, dict[str, Any]] = {"plan": PLAN_SCHEMA, "understand": UNDERSTAND_SCHEMA,
+SCHEMAS: dict[str, dict[str, Any]] = {"plan": PLAN_SCHEMA, "understand": UNDERSTAND_SCHEMA, "codes": CODES_SCHEMA,
                                       "create": CREATE_SCHEMA, "format": FORMAT_SCHEMA}
 """Command name → schema of its `--json` output."""
