@@ -156,3 +156,10 @@ def test_cover_needs_a_source_only_without_codes(turbo: Pipeline) -> None:
     with pytest.raises(InvalidRequest) as info:
         turbo.generate(GenerationRequest(task=Cover(), text=TEXT, seeds=(9,)))
     assert info.value.field == "task.source"
+
+
+def test_audio_codes_text_is_what_parse_audio_codes_reads() -> None:
+    from encore.pipeline.request import audio_codes_text, parse_audio_codes
+
+    assert audio_codes_text([0, 7, 63999]) == "<|audio_code_0|><|audio_code_7|><|audio_code_63999|>"
+    assert parse_audio_codes(audio_codes_text([5, 6, 7, 8, 9])) == (5, 6, 7, 8, 9)

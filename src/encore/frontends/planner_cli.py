@@ -68,8 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = _command(subparsers, "understand", "Describe a song: audio -> codes -> caption, lyrics and metas.",
                  "temperature 0.3, no top-p, no CFG", run_understand)
     p.add_argument("audio", type=Path, help="Audio file to describe (at most 10 minutes).")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="Precision of the audio encoder (default: auto = bfloat16 on GPU, float32 on CPU).")
+    _add_encoder_dtype(p)
 
     p = subparsers.add_parser("codes", help="An audio file's 5 Hz audio codes (no planner needed).",
                               description="An audio file's 5 Hz audio codes: VAE encode (posterior mean) and the "
@@ -79,13 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("audio", type=Path, help="Audio file (at most 10 minutes).")
     p.add_argument("--checkpoint", default=None, help="Checkpoint folder or preset whose VAE and audio tokenizer are "
                    f"used. Default: $ENCORE_CHECKPOINT, else {cli.DEFAULT_CHECKPOINT}.")
-    p.add_argument("--device", default="auto", type=cli.device_name,
-                   help="cpu, cuda, cuda:1, mps, xpu or auto (default: auto).")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="Precision of the audio encoder (default: auto = bfloat16 on GPU, float32 on CPU).")
-    p.add_argument("--json", action="store_true", help="Print one JSON object instead of YAML.")
-    p.add_argument("-o", "--output", type=Path, default=None,
-                   help="Also write the result to this file (.yaml, .yml or .json; replaced atomically).")
+    _add_device_and_output(p)
+    _add_encoder_dtype(p)
     p.set_defaults(func=run_codes, specs=SPECS)
 
     p = _command(subparsers, "create", "Expand one sentence into a caption, lyrics and metas.",
@@ -114,13 +108,22 @@ def _command(subparsers: argparse._SubParsersAction, name: str, summary: str, de
     for flag, field, tp, text in _LM_FLAGS:
         g.add_argument(flag, dest=f"lm_{field}", type=tp, default=None, help=text)
     g.add_argument("--seed", type=int, default=None, help="Sampling seed (default: random, reported).")
+    _add_device_and_output(g)
+    p.set_defaults(func=func, specs=SPECS)
+    return p
+
+
+def _add_device_and_output(g: Any) -> None:
     g.add_argument("--device", default="auto", type=cli.device_name,
                    help="cpu, cuda, cuda:1, mps, xpu or auto (default: auto).")
     g.add_argument("--json", action="store_true", help="Print one JSON object instead of YAML.")
     g.add_argument("-o", "--output", type=Path, default=None,
                    help="Also write the result to this file (.yaml, .yml or .json; replaced atomically).")
-    p.set_defaults(func=func, specs=SPECS)
-    return p
+
+
+def _add_encoder_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="Precision of the audio encoder (default: auto = bfloat16 on GPU, float32 on CPU).")
 
 
 def _add_metas(p: argparse.ArgumentParser) -> None:
@@ -256,6 +259,7 @@ def run_understand(args: argparse.Namespace) -> int:
 def run_codes(args: argparse.Namespace) -> int:
     """`encore codes`: audio → VAE latents → 5 Hz codes (no planner)."""
     from encore.pipeline.pipeline import Pipeline
+    from encore.pipeline.request import audio_codes_text
 
     _check_output(args.output)
     if not args.audio.is_file():
@@ -263,7 +267,7 @@ def run_codes(args: argparse.Namespace) -> int:
     pipeline = Pipeline.from_pretrained(cli.checkpoint_choice(args), device=args.device, dtype=args.dtype)
     codes = pipeline.audio_codes(args.audio)
     return emit(args, {"source": str(args.audio), "seconds": len(codes) / 5, "codes": codes,
-                       "tokens": "".join(f"<|audio_code_{c}|>" for c in codes)})
+                       "tokens": audio_codes_text(codes)})
 
 
 def run_create(args: argparse.Namespace) -> int:

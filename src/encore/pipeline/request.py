@@ -14,6 +14,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Union
 
@@ -315,6 +316,12 @@ def parse_audio_codes(text: str, field_name: str = "audio_codes") -> tuple[int, 
     if not codes:
         raise InvalidRequest(field_name, "no audio codes given")
     return tuple(codes)
+
+
+def audio_codes_text(codes: Sequence[int]) -> str:
+    """Codes as `<|audio_code_N|>` text: the planner's tokens and the official `audio_code_string`
+    (`parse_audio_codes` reads it back)."""
+    return "".join(f"<|audio_code_{int(c)}|>" for c in codes)
 
 
 def request_to_dict(obj: Any) -> Any:

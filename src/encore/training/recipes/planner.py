@@ -30,6 +30,7 @@ from torch import nn
 
 from encore.errors import InvalidRequest
 from encore.pipeline import planner_prompts as pp
+from encore.pipeline.request import audio_codes_text
 from encore.training import embedded
 from encore.training.recipes.base import Recipe, RecipeConfig, load_module_tensors, run_cli, step_generator
 
@@ -105,11 +106,6 @@ def cot_values(example: PlannerExample, num_codes: int) -> dict[str, Any]:
     return values
 
 
-def codes_text(codes: Sequence[int]) -> str:
-    """`<|audio_code_N|>` string of `codes`."""
-    return "".join(f"<|audio_code_{int(c)}|>" for c in codes)
-
-
 def training_texts(example: PlannerExample, codes: Sequence[int], mode: str, caption: str) -> tuple[str, str]:
     """(prompt, completion) of one training example; the loss covers the completion only.
 
@@ -121,9 +117,9 @@ def training_texts(example: PlannerExample, codes: Sequence[int], mode: str, cap
     """
     cot = pp.format_cot(cot_values(example, len(codes)))
     if mode == "generate":
-        return pp.cot_prompt(caption, example.lyrics), f"{cot}\n\n{codes_text(codes)}<|im_end|>"
+        return pp.cot_prompt(caption, example.lyrics), f"{cot}\n\n{audio_codes_text(codes)}<|im_end|>"
     if mode == "understand":
-        return pp.understand_prompt(codes_text(codes)), f"{cot}\n\n# Lyric\n{example.lyrics}<|im_end|>"
+        return pp.understand_prompt(audio_codes_text(codes)), f"{cot}\n\n# Lyric\n{example.lyrics}<|im_end|>"
     raise ValueError(f"mode must be generate or understand, got {mode!r}")
 
 
