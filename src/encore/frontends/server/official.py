@@ -34,7 +34,7 @@ from encore.frontends.server.schemas import (
     WAIT_RESPONSES,
 )
 from encore.frontends.server.service import ApiError, JobService, field_error, owner
-from encore.pipeline.request import PLANNER_FIELDS, parse_audio_codes
+from encore.pipeline.request import PLANNER_FIELDS, audio_codes_text, parse_audio_codes
 
 TASK_TYPES = ("text2music", "cover", "repaint", "lego", "extract", "complete", "extend")
 SRC_AUDIO_TASKS = frozenset({"cover", "repaint", "lego", "extract", "complete", "extend"})
@@ -248,6 +248,21 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
+def user_metas(body: ReleaseTaskBody) -> dict[str, Any]:
+    """language, bpm, keyscale, timesignature and duration_s the client gave, each from its own field or else
+    from `metas` (under either spelling); None where neither gives one."""
+    metas = body.metas or {}
+    duration = body.audio_duration if body.audio_duration is not None else metas.get("duration")
+    return {
+        "language": body.vocal_language or metas.get("language") or metas.get("vocal_language"),
+        "bpm": body.bpm if body.bpm is not None else metas.get("bpm"),
+        "keyscale": normalize_key(body.key_scale or str(metas.get("keyscale") or metas.get("key_scale") or "")),
+        "timesignature": parse_time_signature(body.time_signature if body.time_signature is not None
+                                              else metas.get("timesignature") or metas.get("time_signature")),
+        "duration_s": float(duration) if isinstance(duration, (int, float)) and duration > 0 else None,
+    }
+
+
 def release_to_request(body: ReleaseTaskBody, model_name: str) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Official fields -> (GenerationRequest dict, prelude, warnings). Upload ids stay in the audio fields."""
     warnings = [f"{name} is ignored by this server" for name in (
@@ -255,19 +270,11 @@ def release_to_request(body: ReleaseTaskBody, model_name: str) -> tuple[dict[str
         "is_format_caption", "allow_lm_batch", "instruction") if getattr(body, name) not in (None, "")]
     if body.model not in (None, "", model_name):
         raise field_error(("body", "model"), f"unknown model {body.model!r}; see GET /v1/models")
-    metas = body.metas or {}
     text = _drop_none({
         "caption": body.prompt,
         "lyrics": "[Instrumental]" if body.instrumental else (body.lyrics or None),
-        "language": body.vocal_language or metas.get("language") or metas.get("vocal_language"),
-        "bpm": body.bpm if body.bpm is not None else metas.get("bpm"),
-        "keyscale": normalize_key(body.key_scale or str(metas.get("keyscale") or metas.get("key_scale") or "")),
-        "timesignature": parse_time_signature(body.time_signature if body.time_signature is not None
-                                              else metas.get("timesignature") or metas.get("time_signature")),
+        **user_metas(body),
     })
-    duration = body.audio_duration if body.audio_duration is not None else metas.get("duration")
-    if isinstance(duration, (int, float)) and duration > 0:
-        text["duration_s"] = float(duration)
     diffusion = _drop_none({
         "num_steps": body.inference_steps, "guidance_scale": body.guidance_scale, "shift": body.shift,
         "solver": body.infer_method, "guidance": "adg" if body.use_adg else None,
@@ -325,17 +332,8 @@ def analysis_job(body: ReleaseTaskBody) -> tuple[str, dict[str, Any]] | None:
         mode = "codes" if flag == "extract_codes_only" else "understand"
         args: dict[str, Any] = {"audio": body.src_audio_path}
         return mode, {"args": args, "uploads": {"audio": body.src_audio_path}, "official": flag}
-    metas = body.metas or {}
-    duration = body.audio_duration if body.audio_duration is not None else metas.get("duration")
-    args = _drop_none({
-        "caption": body.prompt or "", "lyrics": body.lyrics or "", "temperature": body.lm_temperature,
-        "bpm": body.bpm if body.bpm is not None else metas.get("bpm"),
-        "keyscale": normalize_key(body.key_scale or str(metas.get("keyscale") or "")),
-        "timesignature": parse_time_signature(body.time_signature if body.time_signature is not None
-                                              else metas.get("timesignature")),
-        "duration_s": float(duration) if isinstance(duration, (int, float)) and duration > 0 else None,
-        "language": body.vocal_language or metas.get("language"),
-    })
+    args = _drop_none({"caption": body.prompt or "", "lyrics": body.lyrics or "",
+                       "temperature": body.lm_temperature, **user_metas(body)})
     try:  # the same checks as a /v1 format job (ranges, key names)
         schemas.FormatJob.model_validate({"mode": "format", **args}, strict=False)
     except ValidationError as exc:
@@ -347,7 +345,7 @@ def analysis_result(flag: str, job: Any) -> dict[str, Any]:
     """The official result entry of a finished analysis job (`flag` as in `ANALYSIS_FLAGS`)."""
     result = job.result or {}
     if flag == "extract_codes_only":
-        return {"status_message": "Audio Codes Extraction Success", "audio_codes": code_string(result["codes"]),
+        return {"status_message": "Audio Codes Extraction Success", "audio_codes": audio_codes_text(result["codes"]),
                 "audio_paths": [], "metas": {}}
     plan = dict(result.get("plan") or {})
     codes = plan.pop("codes", None)
@@ -359,18 +357,13 @@ def analysis_result(flag: str, job: Any) -> dict[str, Any]:
         return {"status_message": "Full Hardware Analysis Success", "bpm": metas["bpm"],
                 "keyscale": metas["keyscale"], "timesignature": metas["timesignature"],
                 "duration": metas["duration"], "genre": "", "prompt": metas["caption"], "lyrics": metas["lyrics"],
-                "language": metas["language"], "metas": metas, "audio_codes": code_string(codes or []),
+                "language": metas["language"], "metas": metas, "audio_codes": audio_codes_text(codes or []),
                 "audio_paths": []}
     request_lyrics = (job.payload.get("args") or {}).get("lyrics", "")
     return {"status_message": "Success", "generation_info": "Analysis Only Mode Complete", "metas": metas,
             "bpm": metas["bpm"], "keyscale": metas["keyscale"], "duration": metas["duration"],
             "prompt": metas["caption"], "lyrics": request_lyrics, "audio_paths": [],
             "dit_model": "None (Analysis Only)"}
-
-
-def code_string(codes: list[int]) -> str:
-    """Codes as the official `<|audio_code_N|>` text (what `audio_code_string` reads back)."""
-    return "".join(f"<|audio_code_{int(c)}|>" for c in codes)
 
 
 def _audio_codes(value: str | list[str] | None) -> tuple[int, ...] | None:
