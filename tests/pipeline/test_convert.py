@@ -231,6 +231,7 @@ def test_fold_rejects_broken_pairs(sd):
         AceStepConfig(),
         AceStepConfig.tiny(beat_hints=True),
         AceStepConfig.tiny(beat_hints=True, key_hints=True),
+        AceStepConfig.tiny(beat_hints=True, key_hints=True, instrument_hints=True),
     ],
 )
 def test_config_diffusers_round_trip(config):

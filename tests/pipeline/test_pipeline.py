@@ -345,6 +345,33 @@ def test_a_model_trained_with_key_hints_gets_the_requested_key_in_its_hints(
                                                     sample_rate=pipe.sample_rate, hop_samples=pipe.hop_samples))
 
 
+def test_a_model_trained_with_instrument_hints_gets_the_instruments_its_caption_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers.tiny_pipeline import SILENCE_FRAMES, VAE_8K
+
+    from encore.models.config import AceStepConfig
+    from encore.pipeline.random_checkpoint import write_random_checkpoint
+    from encore.tasks.beat_hints import beat_hints
+
+    seen = _record_hints(monkeypatch)
+    config = AceStepConfig.tiny(beat_hints=True, key_hints=True, instrument_hints=True)
+    dit = write_random_checkpoint(tmp_path, config=config, vae_config=VAE_8K, silence_frames=SILENCE_FRAMES,
+                                  dit_dir="acestep-v15-turbo")  # fmt: skip
+    pipe = Pipeline.from_pretrained(dit, device="cpu")
+    text = dataclasses.replace(TEXT, caption="funk with slap bass, clavinet and drums", bpm=98, keyscale="E major")
+    result = pipe.generate(_request(text=text))
+    assert result.params["instrument_hints"] == ["keyboard", "bass", "drums"]
+    expected = beat_hints(pipe.silence, 98.0, num_frames=result.params["num_frames"], sample_rate=pipe.sample_rate,
+                          hop_samples=pipe.hop_samples, keyscale="E major", tracks=("keyboard", "bass", "drums"))
+    assert seen[-1] is not None and torch.equal(seen[-1], expected)
+    unnamed = pipe.generate(_request(text=dataclasses.replace(text, caption="a groovy tune")))
+    assert "instrument_hints" not in unnamed.params  # no instrument named: beat and key hints only
+    assert torch.equal(seen[-1], beat_hints(pipe.silence, 98.0, num_frames=result.params["num_frames"],
+                                            sample_rate=pipe.sample_rate, hop_samples=pipe.hop_samples,
+                                            keyscale="E major"))  # fmt: skip
+
+
 def test_guidance_also_covers_the_hints_unless_the_request_says_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,5 +1,5 @@
-"""Beat hints: the phase they write, crops that keep it, the key they may carry, the errors, and the config flags
-that ask for them."""
+"""Beat hints: the phase they write, crops that keep it, the key and instruments they may carry, the errors, and the
+config flags that ask for them."""
 
 from __future__ import annotations
 
@@ -8,9 +8,19 @@ import math
 import pytest
 import torch
 
+from encore.data.instruments import hint_tracks
 from encore.errors import InvalidRequest
 from encore.models.config import AceStepConfig
-from encore.tasks.beat_hints import beat_hints, beat_phase, key_offset, key_patterns, phase_patterns
+from encore.tasks.beat_hints import (
+    INSTRUMENT_HINT_TRACKS,
+    beat_hints,
+    beat_phase,
+    instrument_offset,
+    instrument_patterns,
+    key_offset,
+    key_patterns,
+    phase_patterns,
+)
 
 SILENCE = torch.linspace(-1, 1, 400 * 8).reshape(400, 8)
 
@@ -106,3 +116,37 @@ def test_key_hints_flag_is_written_only_when_set() -> None:
     assert "key_hints" not in plain.to_dict()
     flagged = AceStepConfig.from_dict({**plain.to_dict(), "beat_hints": True, "key_hints": True})
     assert flagged.key_hints and flagged.to_dict()["key_hints"] is True
+
+
+def test_instrument_patterns_fill_the_channels_left_and_read_back_each_track() -> None:
+    patterns = torch.stack([*phase_patterns(16), *key_patterns(16), *instrument_patterns(16)])
+    assert torch.equal(patterns @ patterns.T, 16 * torch.eye(16, dtype=torch.float64))  # all 16 orthogonal
+    assert "vocals" not in INSTRUMENT_HINT_TRACKS and len(INSTRUMENT_HINT_TRACKS) == 11
+    offset = instrument_offset(["bass", "drums"], 16)
+    read = {t: float(offset @ p) / 16 for t, p in zip(INSTRUMENT_HINT_TRACKS, instrument_patterns(16), strict=True)}
+    assert read == {t: pytest.approx(0.5 if t in ("bass", "drums") else -0.5) for t in INSTRUMENT_HINT_TRACKS}
+    silence = torch.linspace(-1, 1, 100 * 16).reshape(100, 16)
+    kwargs = {"num_frames": 50, "sample_rate": 48000, "hop_samples": 1920, "keyscale": "A minor"}
+    keyed = beat_hints(silence, 120.0, **kwargs)
+    both = beat_hints(silence, 120.0, **kwargs, tracks=("bass", "drums"))
+    assert torch.allclose(both - keyed, offset.float().expand(50, 16), atol=1e-6)
+    assert torch.equal(beat_hints(silence, 120.0, **kwargs, tracks=()), keyed)  # nothing named: no offset
+    with pytest.raises(InvalidRequest, match="instruments"):
+        instrument_offset(["vocals"], 16)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        instrument_patterns(8)
+
+
+def test_hint_tracks_reads_the_caption_like_the_labels_do() -> None:
+    assert hint_tracks("saw lead, synth bass, synth strings, choir pad and drums, synthwave") == (
+        "synth", "bass", "drums")  # fmt: skip
+    assert hint_tracks("A warm ballad for grand piano and cello, sung with vocals and a choir") == (
+        "strings", "keyboard", "backing_vocals")  # fmt: skip
+    assert hint_tracks("an upbeat lo-fi groove") == ()  # "upbeat" is not "beat"
+
+
+def test_instrument_hints_flag_is_written_only_when_set() -> None:
+    plain = AceStepConfig.tiny()
+    assert "instrument_hints" not in plain.to_dict()
+    flagged = AceStepConfig.from_dict({**plain.to_dict(), "beat_hints": True, "instrument_hints": True})
+    assert flagged.instrument_hints and flagged.to_dict()["instrument_hints"] is True

@@ -222,6 +222,10 @@ def test_beat_hints_need_a_teacher_trained_with_them(tmp_path: Path, teacher: Pa
                                     max_steps=1, beat_hint_prob=0.5, key_hint_prob=0.5), cache=_cache())  # fmt: skip
     with pytest.raises(ValueError, match="key_hint_prob"):
         keyless.setup()
+    plain = DistillRecipe(_config(tmp_path / "plain", max((tmp_path / "hinted" / "checkpoints").iterdir()),
+                                  max_steps=1, beat_hint_prob=0.5, instrument_hint_prob=0.5), cache=_cache())  # fmt: skip
+    with pytest.raises(ValueError, match="instrument_hint_prob"):
+        plain.setup()
 
 
 def test_guide_hints_gives_the_teachers_null_branch_the_hint_free_context(

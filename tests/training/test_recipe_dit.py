@@ -38,17 +38,17 @@ from encore.training.recipes.dit import (
 D = 8
 
 
-def make_cache(num_clips: int = 3) -> LatentCache:
+def make_cache(num_clips: int = 3, channels: int = D) -> LatentCache:
     """Smooth per-stem patterns (learnable) with exact labels; stems keyboard + bass."""
     g = torch.Generator().manual_seed(0)
-    basis = torch.randn(2, D, generator=g)
+    basis = torch.randn(2, channels, generator=g)
     clips = []
     for i in range(num_clips):
         frames = 40 + 10 * i
         t = torch.arange(frames)[:, None] / 25
 
         def pattern(hz: float, b: int, t: torch.Tensor = t, frames: int = frames) -> torch.Tensor:
-            return torch.sin(2 * torch.pi * hz * t) * basis[b] + 0.1 * torch.randn(frames, D, generator=g)
+            return torch.sin(2 * torch.pi * hz * t) * basis[b] + 0.1 * torch.randn(frames, channels, generator=g)
 
         stems = {"keyboard": pattern(1.0 + i, 0), "bass": pattern(0.5, 1)}
         clips.append(
@@ -68,7 +68,7 @@ def make_cache(num_clips: int = 3) -> LatentCache:
                 },
             )
         )
-    return LatentCache(clips=clips, silence=torch.full((200, D), -0.5), sample_rate=8000, hop_samples=320)
+    return LatentCache(clips=clips, silence=torch.full((200, channels), -0.5), sample_rate=8000, hop_samples=320)
 
 
 def _config(tmp: Path, **kw) -> DiTTrainConfig:
@@ -385,20 +385,31 @@ def test_beat_hints_replace_the_silence_context_of_text2music_items(tmp_path: Pa
         _config(tmp_path, beat_hint_prob=1.5)
 
 
+def _assert_hinted(cache: LatentCache, *, key_hint_prob: float = 0.0, instrument_hint_prob: float = 0.0,
+                   **hint_kw) -> DiTTrainConfig:
+    """Text2music items of clip 2 (bpm 102) always hinted: their context equals `beat_hints(**hint_kw)` at the
+    item's crop offset. Returns the config."""
+    from encore.tasks.beat_hints import beat_hints
+
+    clip = cache.clips[2]
+    cfg = DiTTrainConfig(output_dir="unused", geometry="tiny", crop_frames=40, task_weights=(1.0, 0, 0, 0, 0, 0),
+                         beat_hint_prob=1.0, key_hint_prob=key_hint_prob,
+                         instrument_hint_prob=instrument_hint_prob)  # fmt: skip
+    for seed in range(4):
+        item = build_item(clip, cache, cfg, torch.Generator().manual_seed(seed))
+        start = next(s for s in range(21) if torch.equal(item.target, clip.mix[s : s + 40]))
+        expected = beat_hints(cache.silence, 102.0, num_frames=40, sample_rate=8000, hop_samples=320,
+                              offset_frames=start, **hint_kw)  # fmt: skip
+        assert torch.equal(item.cond.src_latents, expected)
+    return cfg
+
+
 def test_key_hints_add_the_clip_key_to_its_beat_hints(tmp_path: Path) -> None:
     from encore.tasks.beat_hints import beat_hints
 
     cache = make_cache()
     clip = cache.clips[2]
-    only_t2m = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    cfg = DiTTrainConfig(output_dir="unused", geometry="tiny", crop_frames=40, task_weights=only_t2m,
-                         beat_hint_prob=1.0, key_hint_prob=1.0)  # fmt: skip
-    for seed in range(4):
-        item = build_item(clip, cache, cfg, torch.Generator().manual_seed(seed))
-        start = next(s for s in range(21) if torch.equal(item.target, clip.mix[s : s + 40]))
-        expected = beat_hints(cache.silence, 102.0, num_frames=40, sample_rate=8000, hop_samples=320,
-                              offset_frames=start, keyscale=clip.labels["keyscale"])  # fmt: skip
-        assert torch.equal(item.cond.src_latents, expected)
+    cfg = _assert_hinted(cache, key_hint_prob=1.0, keyscale=clip.labels["keyscale"])
     # Half the hinted items carry the key, the rest plain beat hints; the draw never touches the beat itself.
     half = dataclasses.replace(cfg, key_hint_prob=0.5)
     keyed = 0
@@ -416,3 +427,18 @@ def test_key_hints_add_the_clip_key_to_its_beat_hints(tmp_path: Path) -> None:
     assert config.beat_hints and config.key_hints
     with pytest.raises(InvalidRequest, match="key_hint_prob"):
         _config(tmp_path, key_hint_prob=0.5)  # key hints ride on beat hints
+
+
+def test_instrument_hints_add_the_tracks_the_primary_caption_names(tmp_path: Path) -> None:
+    cache = make_cache(channels=16)
+    # clip 2 is captioned "piano and bass song 2"; its other caption, "piano", is not read
+    _assert_hinted(cache, instrument_hint_prob=1.0, tracks=("keyboard", "bass"))
+    recipe = DiTRecipe(_config(tmp_path, max_steps=1, beat_hint_prob=0.5, instrument_hint_prob=0.5), cache=cache)
+    recipe.setup()
+    recipe.train()
+    assert load_dit_checkpoint(max((tmp_path / "checkpoints").iterdir())).config.instrument_hints
+    with pytest.raises(InvalidRequest, match="instrument_hint_prob"):
+        _config(tmp_path, instrument_hint_prob=0.5)  # rides on beat hints too
+    narrow = DiTRecipe(_config(tmp_path / "narrow", beat_hint_prob=0.5, instrument_hint_prob=0.5), cache=make_cache())
+    with pytest.raises(InvalidRequest, match="16 latent channels"):
+        narrow.setup()

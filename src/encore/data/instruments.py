@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from encore.tasks.beat_hints import INSTRUMENT_HINT_TRACKS
 from encore.tasks.spec import TRACK_NAMES
 
 INSTRUMENT_CLASSES: tuple[str, ...] = TRACK_NAMES
@@ -225,3 +226,11 @@ def classes_in_text(text: str) -> set[str]:
         The set of class names (subset of `TRACK_NAMES`) mentioned.
     """
     return {CAPTION_WORDS[m.group(1)] for m in _WORD_RE.finditer(text.lower())}
+
+
+def hint_tracks(caption: str) -> tuple[str, ...]:
+    """The track classes an instrument hint carries for a caption (`encore.tasks.beat_hints`): those it names,
+    in `INSTRUMENT_HINT_TRACKS` order, lead vocals left to the lyrics. Training and the pipeline both call
+    this, so a model reads at inference the hint it learnt from."""
+    named = classes_in_text(caption)
+    return tuple(t for t in INSTRUMENT_HINT_TRACKS if t in named)

@@ -36,6 +36,10 @@ def _default_layer_types(num_layers: int) -> tuple[LayerType, ...]:
     return tuple("sliding_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers))
 
 
+_ENCORE_FLAGS = ("beat_hints", "key_hints", "instrument_hints")
+"""Encore's own boolean keys, written only when set so official-shaped configs stay official."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class AceStepConfig:
     """Geometry of an ACE-Step 1.5 DiT checkpoint (decoder + condition encoder + tokenizers)."""
@@ -91,6 +95,9 @@ class AceStepConfig:
     beat hints in its context (`encore.tasks.beat_hints`), and text2music with a bpm gives it them."""
     key_hints: bool = False
     """Encore extension, like `beat_hints`: its hints also carry the requested key (`key_offset`)."""
+    instrument_hints: bool = False
+    """Encore extension, like `key_hints`: its hints also carry the track classes the caption names
+    (`instrument_offset`)."""
 
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Ignored keys read from config.json, kept so to_json round-trips them."""
@@ -224,7 +231,7 @@ class AceStepConfig:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if (f.name.startswith("encoder_") and value is None) or (f.name in ("beat_hints", "key_hints") and not value):
+            if (f.name.startswith("encoder_") and value is None) or (f.name in _ENCORE_FLAGS and not value):
                 continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
         out.setdefault("model_type", "acestep")

@@ -385,6 +385,7 @@ def config_from_diffusers(
     fields["model_version"] = t.get("model_version") or ("turbo" if is_turbo else None)
     fields["beat_hints"] = bool(t.get("beat_hints", False))  # Encore's own keys, like timbre_fix_frame
     fields["key_hints"] = bool(t.get("key_hints", False))
+    fields["instrument_hints"] = bool(t.get("instrument_hints", False))
     return AceStepConfig(**fields)
 
 
@@ -422,6 +423,7 @@ def config_to_diffusers(config: AceStepConfig) -> dict[str, dict[str, Any]]:
         model_version=config.model_version,
         **({"beat_hints": True} if config.beat_hints else {}),
         **({"key_hints": True} if config.key_hints else {}),
+        **({"instrument_hints": True} if config.instrument_hints else {}),
         **common,
     )
     condition_encoder = dict(

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from encore import __version__
+from encore.data.instruments import hint_tracks
 from encore.errors import AudioError, Cancelled, InvalidRequest
 from encore.models.dit import CrossKVCache
 from encore.pipeline import adapters, postprocess
@@ -539,7 +540,8 @@ class Pipeline:
 
     def _beat_hints(self, run: _Run, task: Any, num_frames: int) -> Tensor | None:
         """Rule-written beat hints for text2music with a bpm, when the DiT was trained to read them (with the
-        request's key too, if it gave one and the DiT reads key hints)."""
+        request's key too, if it gave one and the DiT reads key hints, and the instruments its caption names, if
+        any and the DiT reads instrument hints)."""
         bpm = run.text.bpm
         if not self.config.beat_hints or not isinstance(task, Text2Music) or bpm is None:
             return None
@@ -547,8 +549,11 @@ class Pipeline:
         keyscale = run.text.keyscale if self.config.key_hints else None
         if keyscale is not None:
             run.params["key_hints"] = True
+        tracks = hint_tracks(run.text.caption) if self.config.instrument_hints else ()
+        if tracks:
+            run.params["instrument_hints"] = list(tracks)
         return beat_hints(self.silence, float(bpm), num_frames=num_frames, sample_rate=self.sample_rate,
-                          hop_samples=self.hop_samples, keyscale=keyscale)
+                          hop_samples=self.hop_samples, keyscale=keyscale, tracks=tracks)
 
     def _build(self, run: _Run, task: Any, source_latents: Tensor | None, *, hints: Tensor | None,
                num_frames: int | None) -> tc.Conditioning:

@@ -12,6 +12,12 @@ constant offset along three further channel patterns (``key_offset``): the tonic
 as ``cos`` and ``sin``, and the mode as ±1. A key named only in the caption was not followed (exact key at the
 random floor after 1,000 steps on pitch-carrying latents, docs/model-card.md), as the bpm had not been.
 
+Instrument hints ride there too: a model whose config has ``instrument_hints`` gets the track classes its caption
+names (``instrument_offset``: plus the amplitude along a class's pattern when named, minus it when not) along the
+eleven Walsh patterns a 16-channel latent has left; the pipeline reads the names from the request's caption with
+the corpus's own word list. Trained into the embedded base they bought only two or three points of instrument
+accuracy and cost key, so no shipped model reads them (docs/model-card.md, Recipe step 44).
+
 A model whose config has ``beat_hints`` set was trained with these hints (``beat_hint_prob`` in the DiT recipe)
 with beat 0 at the clip's first sample, the corpus's render convention; the pipeline adds them to text2music
 requests that give a bpm and no audio codes. Official checkpoints never see them.
@@ -20,17 +26,25 @@ requests that give a bpm and no audio codes. Official checkpoints never see them
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
 from encore.errors import InvalidRequest
+from encore.tasks.spec import TRACK_NAMES
 from encore.utils.keys import parse_keyscale
 
 BEAT_HINT_AMPLITUDE = 1.0
 """Per-channel amplitude of the phase patterns (the embedded latents' per-channel std is about 0.7)."""
 KEY_HINT_AMPLITUDE = 1.0
 """Per-channel amplitude of the key patterns."""
+INSTRUMENT_HINT_AMPLITUDE = 0.5
+"""Per-channel amplitude of each instrument pattern (eleven of them add up, so each is smaller)."""
+INSTRUMENT_HINT_TRACKS: tuple[str, ...] = tuple(t for t in TRACK_NAMES if t != "vocals")
+"""Track classes an instrument hint can carry: the official stems but lead vocals, which the lyrics steer."""
+_INSTRUMENT_MASKS = (0b0011, 0b0101, 0b0111, *range(0b1000, 0b10000))
+"""Walsh masks left by the beat ({}, {0}) and key ({1}, {2}, {1, 2}) patterns: one per hint track."""
 
 
 def beat_phase(num_frames: int, bpm: float, *, frame_rate: float, offset_frames: int = 0) -> Tensor:
@@ -81,6 +95,29 @@ def key_offset(keyscale: str, channels: int, *, amplitude: float = KEY_HINT_AMPL
     return amplitude * (math.cos(angle) * cos_p + math.sin(angle) * sin_p + sign * mode_p)
 
 
+def instrument_patterns(channels: int) -> tuple[Tensor, ...]:
+    """One channel pattern `[C]` per `INSTRUMENT_HINT_TRACKS` entry, orthogonal to each other and to the beat
+    and key patterns."""
+    if channels < 16 or channels % 16:
+        raise ValueError(f"instrument hints need a multiple of 16 latent channels, got {channels}")
+    return tuple(_walsh(channels, mask) for mask in _INSTRUMENT_MASKS)
+
+
+def instrument_offset(tracks: Iterable[str], channels: int, *,
+                      amplitude: float = INSTRUMENT_HINT_AMPLITUDE) -> Tensor:
+    """The constant float64 `[C]` offset for a set of track classes: +amplitude along a named class's pattern,
+    -amplitude along the others (so "not named" differs from "no hint", which adds nothing)."""
+    named = set(tracks)
+    unknown = named - set(INSTRUMENT_HINT_TRACKS)
+    if unknown:
+        raise InvalidRequest("instruments", f"no instrument hint for {sorted(unknown)}; "
+                             f"choose from {', '.join(INSTRUMENT_HINT_TRACKS)}")  # fmt: skip
+    out = torch.zeros(channels, dtype=torch.float64)
+    for track, pattern in zip(INSTRUMENT_HINT_TRACKS, instrument_patterns(channels), strict=True):
+        out += (amplitude if track in named else -amplitude) * pattern
+    return out
+
+
 def beat_hints(
     silence: Tensor,
     bpm: float,
@@ -91,6 +128,7 @@ def beat_hints(
     offset_frames: int = 0,
     amplitude: float = BEAT_HINT_AMPLITUDE,
     keyscale: str | None = None,
+    tracks: Iterable[str] | None = None,
 ) -> Tensor:
     """Hint latents `[num_frames, C]` for a tempo: silence frames plus the beat phase (see module docstring).
 
@@ -104,6 +142,8 @@ def beat_hints(
         offset_frames: Frame of the clip the hints start at (training crops); 0 at inference.
         amplitude: Per-channel amplitude of the patterns.
         keyscale: With a key, its `key_offset` is added to every frame (models with ``key_hints``).
+        tracks: With a non-empty set of track classes, their `instrument_offset` is added to every frame (models
+            with ``instrument_hints``); None or empty adds nothing.
 
     Returns:
         `[num_frames, C]` in `silence`'s dtype.
@@ -116,4 +156,7 @@ def beat_hints(
     pattern = amplitude * (torch.cos(phase)[:, None] * ones + torch.sin(phase)[:, None] * alternating)
     if keyscale is not None:
         pattern = pattern + key_offset(keyscale, int(silence.shape[1]))
+    named = tuple(tracks or ())
+    if named:
+        pattern = pattern + instrument_offset(named, int(silence.shape[1]))
     return silence[:num_frames] + pattern.to(device=silence.device, dtype=silence.dtype)

@@ -108,6 +108,9 @@ class DistillConfig(RecipeConfig):
     with them (config ``beat_hints``), whose flag the student inherits."""
     key_hint_prob: float = 0.0
     """As in the DiT recipe: probability that the hints also carry the item's key (teacher config ``key_hints``)."""
+    instrument_hint_prob: float = 0.0
+    """As in the DiT recipe: probability that the hints also carry the caption's instruments (teacher config
+    ``instrument_hints``)."""
     max_latent_std: float | None = None
     """As in the DiT recipe: drop clips whose mix latents have a larger std."""
     ema_decay: float = 0.0
@@ -145,6 +148,7 @@ class DistillConfig(RecipeConfig):
             tempo_stretch_max=self.tempo_stretch_max,
             beat_hint_prob=self.beat_hint_prob,
             key_hint_prob=self.key_hint_prob,
+            instrument_hint_prob=self.instrument_hint_prob,
             max_latent_std=self.max_latent_std,
         )
 
@@ -179,6 +183,9 @@ class DistillRecipe(Recipe[DistillConfig]):
             raise InvalidRequest("beat_hint_prob", f"the teacher {cfg.teacher} was not trained with beat hints")
         if cfg.key_hint_prob and not self.teacher.config.key_hints:
             raise InvalidRequest("key_hint_prob", f"the teacher {cfg.teacher} was not trained with key hints")
+        if cfg.instrument_hint_prob and not self.teacher.config.instrument_hints:
+            raise InvalidRequest("instrument_hint_prob",
+                                 f"the teacher {cfg.teacher} was not trained with instrument hints")
         turbo = dataclasses.replace(self.teacher.config, is_turbo=True, model_version="turbo")
         self.student = AceStepModel(turbo).to(self.device)
         self.student.load_state_dict(self.teacher.state_dict())

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from encore.data.captions import retime_caption
+from encore.data.instruments import hint_tracks
 from encore.errors import CheckpointError, InvalidRequest
 from encore.models.acestep import AceStepModel
 from encore.models.condition_encoder import pack_sequences
@@ -341,6 +342,10 @@ class DiTTrainConfig(RecipeConfig):
     key_hint_prob: float = 0.0
     """Probability that beat hints also carry the item's key label (`key_offset`). Above 0 the model's config
     gets ``key_hints`` and the pipeline adds the requested key to the hints of every request that gives one."""
+    instrument_hint_prob: float = 0.0
+    """Probability that beat hints also carry the track classes the clip's primary caption names
+    (`encore.data.instruments.hint_tracks`, the pipeline's own reading of a request's caption). Above 0 the
+    model's config gets ``instrument_hints``."""
     max_latent_std: float | None = None
     """Drop clips whose mix latents have a larger std (the embedded encoder blows up on a few bright, sustained
     renders: std 15-21 where the corpus median is 0.8, and their loss spikes dominate whole steps)."""
@@ -357,11 +362,13 @@ class DiTTrainConfig(RecipeConfig):
         if self.max_latent_std is not None and not self.max_latent_std > 0:
             raise InvalidRequest("max_latent_std", f"must be > 0, got {self.max_latent_std}")
         for name in ("cfg_dropout", "meta_dropout", "reference_prob", "tempo_stretch", "beat_hint_prob",
-                     "key_hint_prob"):
+                     "key_hint_prob", "instrument_hint_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidRequest(name, f"must be in [0, 1], got {getattr(self, name)}")
         if self.key_hint_prob and not self.beat_hint_prob:
             raise InvalidRequest("key_hint_prob", "key hints ride on beat hints; set beat_hint_prob too")
+        if self.instrument_hint_prob and not self.beat_hint_prob:
+            raise InvalidRequest("instrument_hint_prob", "instrument hints ride on beat hints; set beat_hint_prob too")
 
 
 # --------------------------------------------------------------------------- batch construction
@@ -538,8 +545,12 @@ def _maybe_beat_hints(
     if config.key_hint_prob and _uniform(gen) < config.key_hint_prob:  # no draw at 0: old runs keep their streams
         label = clip.labels.get("keyscale")
         keyscale = label if isinstance(label, str) and label else None
+    tracks: tuple[str, ...] = ()
+    if config.instrument_hint_prob and _uniform(gen) < config.instrument_hint_prob:
+        tracks = hint_tracks(str(clip.labels.get("caption") or ""))
     return beat_hints(cache.silence, float(bpm), num_frames=content, sample_rate=cache.sample_rate,
-                      hop_samples=cache.hop_samples, offset_frames=start, keyscale=keyscale)  # fmt: skip
+                      hop_samples=cache.hop_samples, offset_frames=start, keyscale=keyscale,
+                      tracks=tracks)  # fmt: skip
 
 
 def _spec_for(task: str, clip: CachedClip, duration: float, gen: torch.Generator) -> TaskSpec:
@@ -773,6 +784,11 @@ class DiTRecipe(Recipe[DiTTrainConfig]):
             self.model_config = dataclasses.replace(self.model_config, beat_hints=True)
         if cfg.key_hint_prob:
             self.model_config = dataclasses.replace(self.model_config, key_hints=True)
+        if cfg.instrument_hint_prob:
+            if self.cache.latent_channels % 16:
+                raise InvalidRequest("instrument_hint_prob", "instrument hints need a multiple of 16 latent "
+                                     f"channels; the cache has {self.cache.latent_channels}")  # fmt: skip
+            self.model_config = dataclasses.replace(self.model_config, instrument_hints=True)
         # Initialisation draws from torch's global RNG; fork_rng restores the caller's state afterwards.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
