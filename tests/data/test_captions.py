@@ -42,6 +42,12 @@ def test_dense_caption_states_every_fact_and_only_rendered_instruments():
         assert "bright" not in dense and "cheerful" not in dense  # minor-mode clip
 
 
+def test_genre_names_that_contain_an_instrument_word_name_no_instrument():
+    assert classes_in_text("A happy Irish fiddle tune track played on nylon guitar") == {"guitar"}
+    assert classes_in_text("drum and bass with saw lead and drums") == {"synth", "drums"}
+    assert classes_in_text("a fiddle and a bass") == {"strings", "bass"}  # the words alone still count
+
+
 def test_instrument_words_lead_first_drums_last_and_solo():
     assert instrument_words(INSTS) == ["alto sax", "electric bass", "drums"]
     one = [InstrumentLabel("strings", "violin", 40, False, "melody")]

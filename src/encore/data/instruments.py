@@ -209,9 +209,13 @@ CAPTION_WORDS: dict[str, str] = {
 }
 """Every caption word/phrase this project uses for an instrument → its track class."""
 
+STYLE_PHRASES: frozenset[str] = frozenset({"drum and bass", "fiddle tune", "fiddle tunes"})
+"""Genre names that contain an instrument word but name no instrument ("a fiddle tune played on guitar" has no
+fiddle); matched like `CAPTION_WORDS`, so the longer phrase wins, and then dropped."""
+
 _WORD_RE = re.compile(
     r"(?<![\w-])("
-    + "|".join(re.escape(w) for w in sorted(CAPTION_WORDS, key=len, reverse=True))
+    + "|".join(re.escape(w) for w in sorted({*CAPTION_WORDS, *STYLE_PHRASES}, key=len, reverse=True))
     + r")(?![\w-])"
 )
 
@@ -225,7 +229,7 @@ def classes_in_text(text: str) -> set[str]:
     Returns:
         The set of class names (subset of `TRACK_NAMES`) mentioned.
     """
-    return {CAPTION_WORDS[m.group(1)] for m in _WORD_RE.finditer(text.lower())}
+    return {CAPTION_WORDS[w] for m in _WORD_RE.finditer(text.lower()) if (w := m.group(1)) not in STYLE_PHRASES}
 
 
 def hint_tracks(caption: str) -> tuple[str, ...]:
