@@ -150,3 +150,7 @@ def test_instrument_hints_flag_is_written_only_when_set() -> None:
     assert "instrument_hints" not in plain.to_dict()
     flagged = AceStepConfig.from_dict({**plain.to_dict(), "beat_hints": True, "instrument_hints": True})
     assert flagged.instrument_hints and flagged.to_dict()["instrument_hints"] is True
+    narrow = {**plain.to_dict(), "audio_acoustic_hidden_dim": 8, "in_channels": 24, "beat_hints": True}
+    assert AceStepConfig.from_dict({**narrow, "key_hints": True}).key_hints  # 8 channels carry a key
+    with pytest.raises(ValueError, match="config.json: instrument_hints needs a multiple of 16 latent channels"):
+        AceStepConfig.from_dict({**narrow, "instrument_hints": True}, source="config.json")

@@ -132,6 +132,10 @@ class AceStepConfig:
                 f"in_channels={self.in_channels} must be 3 * audio_acoustic_hidden_dim="
                 f"{3 * self.audio_acoustic_hidden_dim} (src latents, chunk mask, noisy latents)"
             )
+        for flag, multiple in (("beat_hints", 2), ("key_hints", 8), ("instrument_hints", 16)):
+            if getattr(self, flag) and self.audio_acoustic_hidden_dim % multiple:  # the hints' channel patterns
+                raise ValueError(f"{flag} needs a multiple of {multiple} latent channels, "
+                                 f"audio_acoustic_hidden_dim is {self.audio_acoustic_hidden_dim}")  # fmt: skip
         if self.hidden_act != "silu":
             raise ValueError(f"hidden_act={self.hidden_act!r} unsupported (only 'silu')")
         if any(v < 2 for v in self.fsq_input_levels):
