@@ -780,15 +780,13 @@ class DiTRecipe(Recipe[DiTTrainConfig]):
         cfg = self.config
         self.cache = drop_outliers(LatentCache.given_or_loaded(self.cache, cfg.cache_dir), cfg.max_latent_std)
         self.model_config = embedded.dit_config(cfg.geometry, latent_channels=self.cache.latent_channels)
-        if cfg.beat_hint_prob:
-            self.model_config = dataclasses.replace(self.model_config, beat_hints=True)
-        if cfg.key_hint_prob:
-            self.model_config = dataclasses.replace(self.model_config, key_hints=True)
-        if cfg.instrument_hint_prob:
-            if self.cache.latent_channels % 16:
-                raise InvalidRequest("instrument_hint_prob", "instrument hints need a multiple of 16 latent "
-                                     f"channels; the cache has {self.cache.latent_channels}")  # fmt: skip
-            self.model_config = dataclasses.replace(self.model_config, instrument_hints=True)
+        for flag in ("beat_hints", "key_hints", "instrument_hints"):
+            prob_field = flag.replace("hints", "hint_prob")
+            if getattr(cfg, prob_field):
+                try:  # the config refuses a hint the cache's latent width cannot carry
+                    self.model_config = dataclasses.replace(self.model_config, **{flag: True})
+                except ValueError as exc:
+                    raise InvalidRequest(prob_field, f"{exc} (the cache's latents)") from None
         # Initialisation draws from torch's global RNG; fork_rng restores the caller's state afterwards.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
